@@ -1,0 +1,59 @@
+"""The ``svdlora`` command: LightningCLI for ``fit``/``validate``/``test``/``predict`` on
+:class:`~svdlora_pl.model.QwenLoRAModule` and :class:`~svdlora_pl.data.QADataModule`.
+
+User errors (bad files, fields, values) end the program with a one-line message on stderr and exit code 2;
+argument errors are reported by jsonargparse with exit code 2 as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from typing_extensions import override
+
+from svdlora_pl.errors import InputError
+
+EXIT_USAGE = 2
+
+
+class SvdloraCLI(LightningCLI):
+    """LightningCLI whose data module follows the model's tokenizer (one name in the config, not two)."""
+
+    @override
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model.model_name_or_path", "data.tokenizer")
+        parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
+
+
+def run_lightning(args: Sequence[str]) -> None:
+    """Parse ``args`` and run the LightningCLI subcommand they name."""
+    from svdlora_pl.data import QADataModule
+    from svdlora_pl.model import QwenLoRAModule
+
+    SvdloraCLI(
+        QwenLoRAModule,
+        QADataModule,
+        args=list(args),
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``svdlora`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("svdlora_pl").setLevel(logging.INFO)
+    try:
+        run_lightning(args)
+    except InputError as error:
+        print(f"svdlora: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Token-level evaluation metrics of a causal LM on answer tokens, built from torchmetrics."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from svdlora_pl.answers import AnswerExactMatch
+
+IGNORE_INDEX = -100
+
+
+class EvalMetrics(torch.nn.Module):
+    """Mean answer-token NLL (and its perplexity), next-token accuracy and answer exact match for one stage.
+
+    Every supervised token (label != -100) weighs the same, across batches of any padding.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nll = MeanMetric()
+        self.token_accuracy = MeanMetric()
+        self.exact_match = AnswerExactMatch()
+
+    def update_tokens(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Accumulate from logits (B, T, V) and labels (B, T); position t predicts label t + 1."""
+        targets = labels[:, 1:]
+        mask = targets != IGNORE_INDEX
+        if not mask.any():
+            return
+        picked = logits[:, :-1][mask].float()
+        gold = targets[mask]
+        self.nll.update(F.cross_entropy(picked, gold, reduction="none"))
+        self.token_accuracy.update((picked.argmax(dim=-1) == gold).float())
+
+    def compute(self, stage: str, with_exact_match: bool) -> dict[str, torch.Tensor]:
+        """``{stage}/loss``, ``{stage}/perplexity``, ``{stage}/token_accuracy`` [, ``{stage}/exact_match``]."""
+        loss = self.nll.compute()
+        values = {
+            f"{stage}/loss": loss,
+            f"{stage}/perplexity": torch.exp(loss.clamp(max=80.0)),
+            f"{stage}/token_accuracy": self.token_accuracy.compute(),
+        }
+        if with_exact_match:
+            values[f"{stage}/exact_match"] = self.exact_match.compute()
+        return values
+
+    def reset(self) -> None:
+        """Clear every accumulated state."""
+        self.nll.reset()
+        self.token_accuracy.reset()
+        self.exact_match.reset()

@@ -1,0 +1,248 @@
+"""``QwenLoRAModule``: a Hugging Face causal LM with PEFT LoRA (or full fine-tuning) as a LightningModule."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from jsonargparse import lazy_instance
+from lightning.pytorch.cli import OptimizerCallable
+from typing_extensions import override
+
+from svdlora_pl.answers import answers_match, extract_final_answer
+from svdlora_pl.errors import InputError
+from svdlora_pl.initializers import LoRAInitializer, RandomInit
+from svdlora_pl.io import atomic_directory, atomic_write_text
+from svdlora_pl.loading import DType, load_causal_lm, load_tokenizer
+from svdlora_pl.lora import LoRASettings, wrap_with_lora
+from svdlora_pl.metrics import EvalMetrics
+from svdlora_pl.schedules import ScheduleKind, warmup_schedule
+from svdlora_pl.tiny import TINY_MODEL
+
+
+class QwenLoRAModule(pl.LightningModule):
+    """Fine-tunes a Qwen (or any Hugging Face causal) LM with LoRA, or all its weights when ``lora`` is null.
+
+    Logged metrics: ``train/loss`` (mean over the micro-batches of each optimizer step), ``train/lr``;
+    per validation/test: ``{val,test}/loss`` (mean token NLL over answer tokens), ``{val,test}/perplexity``,
+    ``{val,test}/token_accuracy`` and, with ``eval_generate``, ``{val,test}/exact_match``.
+
+    Checkpoints hold only the trainable tensors (LoRA factors, or everything in full fine-tuning), the
+    optimizer/scheduler state and the RNG state, so resuming continues the same run; the frozen base is
+    rebuilt from ``model_name_or_path``. At the end of ``fit`` the adapter is saved in standard PEFT format
+    to ``<log_dir>/adapter/`` (full fine-tuning: a ``save_pretrained`` model in ``<log_dir>/model/``), with
+    the tokenizer.
+
+    Args:
+        model_name_or_path: Hub name (``Qwen/Qwen2.5-Math-7B-Instruct``), local ``save_pretrained``
+            directory, or ``svdlora:tiny-qwen2`` for the embedded tiny Qwen2.
+        dtype: Dtype the base weights are loaded in (``bfloat16`` on GPU, ``float32`` on CPU).
+        trust_remote_code: Allow model code from the hub; off unless you set it.
+        lora: LoRA settings; ``null`` trains every parameter (full fine-tuning).
+        initializer: How the LoRA factors start (``class_path`` of a ``LoRAInitializer``).
+        optimizer: Optimizer over the trainable parameters (``class_path``/``init_args``, e.g. AdamW, lr).
+        lr_schedule: Decay after warmup: ``cosine``, ``linear`` or ``constant``; stepped per optimizer step.
+        warmup_ratio: Fraction of the total optimizer steps spent in linear warmup.
+        min_lr_ratio: Final learning rate as a fraction of the peak (cosine and linear).
+        gradient_checkpointing: Recompute activations in backward (non-reentrant) to save memory.
+        eval_generate: In validate/test, also generate answers greedily and log ``exact_match``.
+        max_new_tokens: Generation length limit for ``eval_generate`` and ``predict``.
+        predictions_file: Where ``predict`` writes its JSONL; default ``<log_dir>/predictions.jsonl``.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = TINY_MODEL,
+        dtype: DType = "float32",
+        trust_remote_code: bool = False,
+        lora: LoRASettings | None = LoRASettings(),
+        initializer: LoRAInitializer = lazy_instance(RandomInit),
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_schedule: ScheduleKind = "cosine",
+        warmup_ratio: float = 0.03,
+        min_lr_ratio: float = 0.0,
+        gradient_checkpointing: bool = False,
+        eval_generate: bool = False,
+        max_new_tokens: int = 128,
+        predictions_file: str | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(lora, dict):  # hyper-parameters read back from a checkpoint
+            lora = LoRASettings(**lora)
+        if not 0.0 <= warmup_ratio < 1.0:
+            raise InputError(f"model.warmup_ratio: must be in [0, 1), got {warmup_ratio}")
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise InputError(f"model.min_lr_ratio: must be in [0, 1], got {min_lr_ratio}")
+        if max_new_tokens < 1:
+            raise InputError(f"model.max_new_tokens: must be positive, got {max_new_tokens}")
+        self.save_hyperparameters(ignore=["initializer", "optimizer"])
+        if isinstance(self.hparams.get("lora"), LoRASettings):  # keep checkpoints loadable with weights_only
+            self.hparams["lora"] = asdict(lora)
+        self.lora_settings = lora
+        self.initializer = initializer
+        self.optimizer_factory = optimizer
+        self.strict_loading = False  # checkpoints carry only the trainable tensors
+
+        self.tokenizer = load_tokenizer(model_name_or_path, trust_remote_code)
+        base = load_causal_lm(model_name_or_path, dtype, trust_remote_code).train()  # from_pretrained gives eval()
+        if gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.config.use_cache = False
+        if lora is None:
+            self.model = base.requires_grad_(True)
+        else:
+            self.model = wrap_with_lora(base, lora, initializer, model_name_or_path)
+        self.val_metrics = EvalMetrics()
+        self.test_metrics = EvalMetrics()
+        self._step_losses: list[torch.Tensor] = []
+        self._predictions: list[dict[str, Any]] = []
+
+    # ----------------------------------------------------------------------------------------------- training
+    @override
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits of the causal LM."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    @override
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        self._step_losses.append(out.loss.detach())
+        return out.loss
+
+    @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Runs once per real optimizer step, after every micro-batch of gradient accumulation.
+        if self._step_losses:
+            self.log("train/loss", torch.stack(self._step_losses).mean(), on_step=True, prog_bar=True)
+            self._step_losses.clear()
+        self.log("train/lr", float(optimizer.param_groups[0]["lr"]), on_step=True)
+
+    @override
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(round(self.hparams.warmup_ratio * total))
+        scheduler = warmup_schedule(optimizer, warmup, total, self.hparams.lr_schedule, self.hparams.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------- evaluation, predict
+    def generate_answers(self, batch: dict[str, Any]) -> list[str]:
+        """Greedy completions of the batch's left-padded prompts, special tokens removed."""
+        prompt = batch["prompt_input_ids"]
+        out = self.model.generate(
+            input_ids=prompt,
+            attention_mask=batch["prompt_attention_mask"],
+            max_new_tokens=self.hparams.max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        return self.tokenizer.batch_decode(out[:, prompt.shape[1] :], skip_special_tokens=True)
+
+    def _eval_step(self, metrics: EvalMetrics, batch: dict[str, Any]) -> None:
+        metrics.update_tokens(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        if self.hparams.eval_generate:
+            metrics.exact_match.update(self.generate_answers(batch), batch["answers"])
+
+    def _eval_epoch_end(self, metrics: EvalMetrics, stage: str) -> None:
+        self.log_dict(metrics.compute(stage, with_exact_match=self.hparams.eval_generate), sync_dist=False)
+        metrics.reset()
+
+    @override
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(self.val_metrics, batch)
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end(self.val_metrics, "val")
+
+    @override
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(self.test_metrics, batch)
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end(self.test_metrics, "test")
+
+    @override
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        rows = []
+        for record, reference, text in zip(batch["records"], batch["answers"], self.generate_answers(batch)):
+            row = {**record, "prediction": text, "predicted_answer": extract_final_answer(text)}
+            if reference:
+                row["correct"] = answers_match(text, reference)
+            rows.append(row)
+        self._predictions.extend(rows)
+        return rows
+
+    @override
+    def on_predict_epoch_end(self) -> None:
+        path = self.predictions_path()
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self._predictions))
+        scored = [r["correct"] for r in self._predictions if "correct" in r]
+        summary = f", exact match {sum(scored)}/{len(scored)}" if scored else ""
+        print(f"wrote {len(self._predictions)} predictions to {path}{summary}")
+        self._predictions.clear()
+
+    def predictions_path(self) -> Path:
+        """``predictions_file`` or ``<log_dir>/predictions.jsonl`` (one file per rank under DDP)."""
+        if self.hparams.predictions_file:
+            path = Path(self.hparams.predictions_file)
+        else:
+            path = self.run_dir() / "predictions.jsonl"
+        if self.trainer.world_size > 1:
+            path = path.with_name(f"{path.stem}.rank{self.trainer.global_rank}{path.suffix}")
+        return path
+
+    # ----------------------------------------------------------------------------------- outputs and checkpoints
+    def run_dir(self) -> Path:
+        """The run's log directory (``<default_root_dir>/lightning_logs/version_N`` with TensorBoard)."""
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Save the adapter (PEFT format) or, in full fine-tuning, the whole model, plus the tokenizer."""
+        with atomic_directory(directory) as staging:
+            self.model.save_pretrained(staging)
+            self.tokenizer.save_pretrained(staging)
+        return Path(directory)
+
+    @override
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero:
+            target = self.save_pretrained(self.run_dir() / ("adapter" if self.lora_settings else "model"))
+            print(f"saved {'adapter' if self.lora_settings else 'model'} to {target}")
+        self.trainer.strategy.barrier()
+
+    def trainable_names(self) -> set[str]:
+        """State-dict keys of the parameters being trained."""
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = self.trainable_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        missing = sorted(self.trainable_names() - set(checkpoint["state_dict"]))
+        if missing:
+            raise InputError(
+                f"checkpoint state_dict: {len(missing)} trainable tensors missing (e.g. {missing[0]}); "
+                "was it saved with other LoRA settings or target modules?"
+            )
+        for key, value in checkpoint["state_dict"].items():
+            if not torch.isfinite(value).all():
+                raise InputError(f"checkpoint state_dict: {key} holds NaN or infinite values")
+        states = checkpoint.get("rng_states", {})
+        if "torch" in states:
+            torch.set_rng_state(states["torch"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(list(states["cuda"]))
+

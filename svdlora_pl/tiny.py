@@ -1,0 +1,179 @@
+"""The embedded default model: a tiny ``Qwen2ForCausalLM`` and its byte-level BPE tokenizer.
+
+Everything in the package runs offline on a laptop CPU against this model. It is the real Qwen2
+architecture (grouped-query attention, biased q/k/v projections, SwiGLU MLP, RMSNorm, RoPE) at a tiny size,
+with seeded random weights, and a byte-level BPE tokenizer trained with the ``tokenizers`` library on the
+bundled probability QA data, carrying Qwen's special tokens (``<|endoftext|>``, ``<|im_start|>``,
+``<|im_end|>``) and a ChatML chat template.
+
+The model is referred to by the name :data:`TINY_MODEL`; :func:`resolve_model_path` turns that name into a
+directory holding a standard ``save_pretrained`` checkpoint (built on first use, then cached), so the tiny
+model goes through exactly the same ``from_pretrained`` path as a hub model or a local directory.
+
+Cache location: ``$SVDLORA_CACHE`` if set, else ``~/.cache/svdlora_pl``. The cache entry's name carries a
+hash of everything the build depends on, so a changed recipe never reuses a stale entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+TINY_MODEL = "svdlora:tiny-qwen2"
+"""Name that selects the embedded tiny model wherever a model name or path is accepted."""
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+# ChatML, as used by Qwen2/Qwen2.5 chat models (without tool calling): a default system message is added
+# when the conversation does not start with one.
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if loop.first and message['role'] != 'system' %}"
+    "{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+# Qwen2's pre-tokenization: contractions, letter runs, single digits, punctuation runs, newlines, spaces.
+QWEN2_SPLIT_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"""
+    r"""|\s+(?!\S)|\s+"""
+)
+TOKENIZER_VOCAB_SIZE = 1024
+MODEL_CONFIG: dict[str, object] = {
+    "vocab_size": TOKENIZER_VOCAB_SIZE,
+    "hidden_size": 128,
+    "intermediate_size": 352,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 1024,
+    "rope_theta": 10000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+    "initializer_range": 0.02,
+}
+SEED = 0
+_RECIPE_VERSION = 1
+
+
+def cache_root() -> Path:
+    """Directory under which the package caches built artifacts."""
+    return Path(os.environ.get("SVDLORA_CACHE", Path.home() / ".cache" / "svdlora_pl"))
+
+
+def _corpus() -> Iterator[str]:
+    """Text the tokenizer is trained on: every bundled QA record (questions and worked answers)."""
+    from svdlora_pl.datasets import BUNDLED_TRAIN, BUNDLED_VAL
+
+    for path in (BUNDLED_TRAIN, BUNDLED_VAL):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            yield record["question"]
+            yield record["answer"]
+
+
+def _recipe_hash() -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps([_RECIPE_VERSION, MODEL_CONFIG, SEED, SPECIAL_TOKENS, CHATML_TEMPLATE]).encode())
+    for text in _corpus():
+        digest.update(text.encode())
+    return digest.hexdigest()[:12]
+
+
+def build_tokenizer():  # -> transformers.PreTrainedTokenizerFast
+    """Train the byte-level BPE tokenizer on the bundled corpus (deterministic) and wrap it for transformers."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    # The same normalization and pre-tokenization as Qwen2's tokenizer, which is also what transformers
+    # instantiates when it loads this tokenizer next to a ``qwen2`` config.
+    backend = Tokenizer(models.BPE())
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_corpus(), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+        model_max_length=int(MODEL_CONFIG["max_position_embeddings"]),  # type: ignore[arg-type]
+        padding_side="right",
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def build_model(tokenizer):  # -> transformers.Qwen2ForCausalLM
+    """A tiny Qwen2 causal LM with weights drawn from a fixed seed, independent of the global RNG."""
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        **MODEL_CONFIG,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|endoftext|>")],
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+    )
+    return model
+
+
+def build_tiny(directory: Path) -> None:
+    """Build the tokenizer and model and save both, ``save_pretrained``-style, into ``directory``."""
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
+def tiny_model_dir() -> Path:
+    """Directory of the cached tiny model, built atomically (temporary directory, then rename) if missing."""
+    target = cache_root() / f"tiny-qwen2-{_recipe_hash()}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=target.parent))
+    try:
+        build_tiny(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first; its build is identical
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map :data:`TINY_MODEL` to its cached directory; return any other name or path unchanged."""
+    return str(tiny_model_dir()) if name_or_path == TINY_MODEL else name_or_path
