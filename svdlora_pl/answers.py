@@ -13,6 +13,10 @@ Extraction (:func:`extract_final_answer`), first rule that yields something wins
    the sentence: a ``.`` followed by whitespace or the end of the text, a
    ``!``, a ``?`` or a line break.  A ``.`` between digits is a decimal point,
    not the end of the sentence, so ``The answer is 0.5.`` gives ``0.5``.
+   When that sentence as a whole is not a number but contains one, the last
+   number-like token in it (as in rule 3) is the answer, so ``The answer is
+   approximately 0.17.`` gives ``0.17``; a sentence with no number in it is
+   kept whole (textual answers such as ``The answer is yes.``).
 3. **Last number.**  The last number-like token in the text: an integer
    (``-3``, ``1,000``), a decimal (``0.1667``, ``.5``), a fraction ``a/b``, a
    percentage (``12.5%`` or ``12.5\\%``) or a LaTeX fraction
@@ -124,10 +128,17 @@ def _boxed_content(text: str) -> str | None:
 
 
 def _answer_phrase_content(text: str) -> str | None:
-    """Sentence following the last non-empty ``answer is`` / ``answer:``."""
+    """Sentence following the last non-empty ``answer is`` / ``answer:``.
+
+    A sentence that does not parse as a number gives its last number-like token
+    instead ("approximately 0.17" -> "0.17"), or itself when it holds none.
+    """
     for match in reversed(list(_ANSWER_PHRASE_RE.finditer(text))):
-        if match.group("answer"):
-            return match.group("answer")
+        answer = match.group("answer")
+        if answer:
+            if _parse(answer) is not None:
+                return answer
+            return _last_number_token(answer) or answer
     return None
 
 

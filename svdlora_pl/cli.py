@@ -28,15 +28,15 @@ class SvdloraCLI(LightningCLI):
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
 
 
-def run_lightning(args: Sequence[str]) -> None:
-    """Parse ``args`` and run the LightningCLI subcommand they name."""
+def run_lightning(args: Sequence[str] | None) -> None:
+    """Parse ``args`` (``None``: ``sys.argv``) and run the LightningCLI subcommand they name."""
     from svdlora_pl.data import QADataModule
     from svdlora_pl.model import QwenLoRAModule
 
     SvdloraCLI(
         QwenLoRAModule,
         QADataModule,
-        args=list(args),
+        args=None if args is None else list(args),
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
     )
@@ -44,11 +44,10 @@ def run_lightning(args: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``svdlora`` console script."""
-    args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(format="%(message)s")
     logging.getLogger("svdlora_pl").setLevel(logging.INFO)
     try:
-        run_lightning(args)
+        run_lightning(argv)
     except InputError as error:
         print(f"svdlora: error: {error}", file=sys.stderr)
         return EXIT_USAGE

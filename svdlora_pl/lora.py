@@ -34,7 +34,8 @@ class LoRASettings:
     target_modules: list[str] = field(default_factory=lambda: list(QWEN_LINEAR_MODULES))
     use_rslora: bool = False
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        """Raise :class:`InputError` naming the first out-of-range field."""
         if self.r < 1:
             raise InputError(f"model.lora.r: must be a positive integer, got {self.r}")
         if self.alpha <= 0:
@@ -60,6 +61,7 @@ def wrap_with_lora(
     """Freeze ``base``, add LoRA layers to the target modules, and let ``initializer`` set their values."""
     from peft import LoraConfig, get_peft_model
 
+    settings.validate()
     check_target_modules(base, settings.target_modules, model_name)
     config = LoraConfig(
         task_type="CAUSAL_LM",

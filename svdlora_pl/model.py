@@ -73,6 +73,8 @@ class QwenLoRAModule(pl.LightningModule):
         super().__init__()
         if isinstance(lora, dict):  # hyper-parameters read back from a checkpoint
             lora = LoRASettings(**lora)
+        if lora is not None:
+            lora.validate()
         if not 0.0 <= warmup_ratio < 1.0:
             raise InputError(f"model.warmup_ratio: must be in [0, 1), got {warmup_ratio}")
         if not 0.0 <= min_lr_ratio <= 1.0:

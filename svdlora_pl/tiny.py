@@ -164,6 +164,8 @@ def tiny_model_dir() -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=target.parent))
     try:
         build_tiny(staging)
+        if target.exists() and not (target / "config.json").is_file():
+            shutil.rmtree(target, ignore_errors=True)  # leftover of an interrupted build
         try:
             staging.rename(target)
         except OSError:  # another process finished first; its build is identical

@@ -29,6 +29,12 @@ from svdlora_pl.answers import AnswerExactMatch, answers_match, extract_final_an
         ("The final answer is: $\\frac{1}{6}$. I hope it is correct.", "$\\frac{1}{6}$"),
         ("Answer:\n 7", "7"),
         ("An answer is 2. Final answer: 5", "5"),
+        # rule 2 fallback: a phrase that is not a number gives its last number-like token
+        ("The answer is approximately 0.17.", "0.17"),
+        ("The answer is about 1/6 or so", "1/6"),
+        (r"The answer is $P = \frac{1}{6}$.", r"\frac{1}{6}"),
+        ("The answer is 3 heads and 2 tails.", "2"),
+        ("The answer is independent events.", "independent events"),
         # rule 3: last number-like token
         ("We get 3 heads in 4 flips, so 0.75.", "0.75"),
         ("The probability is 1/6.", "1/6"),
@@ -108,6 +114,9 @@ def test_parse_number(text: str, expected: Fraction | None) -> None:
         ("The answer is 1/6.", r"There are 6 faces, so $P = \boxed{\dfrac{1}{6}}$", True),
         ("Answer: 25%", "Half of half, i.e. 1/4.", True),
         ("The answer is 1/5.", "1/6", False),
+        ("The answer is approximately 0.17.", "1/6", True),
+        ("The answer is about 1/6 or so", "1/6", True),
+        ("The answer is roughly 0.2.", "1/6", False),
         ("The answer is Yes.", "yes", True),
         ("The answer is   Independent  events.", "independent events", True),
         ("The answer is yes.", "no", False),

@@ -128,7 +128,7 @@ def test_unknown_target_module_is_an_input_error():
 )
 def test_invalid_lora_settings_name_the_field(kwargs, field):
     with pytest.raises(InputError, match=field):
-        LoRASettings(**kwargs)
+        LoRASettings(**kwargs).validate()
 
 
 def test_full_finetune_trains_every_parameter_and_saves_the_model(tmp_path):

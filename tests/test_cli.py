@@ -1,0 +1,87 @@
+"""The ``svdlora`` command: every shipped config parses and instantiates; user errors exit 2 in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from svdlora_pl.cli import SvdloraCLI, main
+from svdlora_pl.data import QADataModule
+from svdlora_pl.model import QwenLoRAModule
+from svdlora_pl.tiny import TINY_MODEL
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+# Runs every config on this machine: the tiny model instead of a hub name, CPU and fp32 instead of GPU/bf16.
+CPU_TINY = [
+    f"--model.model_name_or_path={TINY_MODEL}",
+    "--model.dtype=float32",
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.precision=32-true",
+]
+
+
+def test_configs_exist():
+    assert {p.name for p in CONFIGS} >= {"tiny.yaml", "qwen2.5-math-7b-32gb.yaml"}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_config_starts_with_the_command_that_runs_it(config):
+    first = config.read_text().splitlines()[0]
+    assert first.startswith("# svdlora ") and f"configs/{config.relative_to(config.parents[0])}" in first
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_config_parses_and_instantiates(config, tmp_path):
+    cli = SvdloraCLI(
+        QwenLoRAModule,
+        QADataModule,
+        args=["-c", str(config), *CPU_TINY, f"--trainer.default_root_dir={tmp_path}"],
+        run=False,
+        auto_configure_optimizers=False,
+    )
+    assert isinstance(cli.model, QwenLoRAModule) and isinstance(cli.datamodule, QADataModule)
+    assert cli.datamodule.tokenizer_name == TINY_MODEL  # linked from the model
+    assert cli.trainer.default_root_dir == str(tmp_path)
+
+
+def test_print_config_of_the_reference_run(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", "configs/qwen2.5-math-7b-32gb.yaml", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    for expected in ("Qwen/Qwen2.5-Math-7B-Instruct", "r: 16", "accumulate_grad_batches: 4", "bf16-mixed",
+                     "gradient_checkpointing: true", "class_path: torch.optim.AdamW", "lr: 0.0002"):
+        assert expected in printed
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data.train_file=missing.jsonl"], "missing.jsonl: file not found (data.train_file)"),
+        (["--model.lora.r=0"], "model.lora.r: must be a positive integer"),
+        (["--model.lora.target_modules=[qkv]"], "model.lora.target_modules: 'qkv'"),
+        (["--data.val_fraction=1.5"], "data.val_fraction"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(args, message, tmp_path, capsys):
+    assert main(["fit", f"--trainer.default_root_dir={tmp_path}", *args]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("svdlora: error:")]
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_malformed_data_file_exits_2_from_the_console_script(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"question": "q", "answer": "a"}\n{"question": \n')
+    result = subprocess.run(
+        [sys.executable, "-m", "svdlora_pl.cli", "fit", f"--data.train_file={data}",
+         f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert f"svdlora: error: {data}:2: invalid JSON" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("adapter"))
