@@ -327,10 +327,9 @@ class AnswerExactMatch(Metric):
             raise TypeError("preds and targets must be sequences of strings, not a single string")
         if len(preds) != len(targets):
             raise ValueError(
-                "preds and targets must have the same length, "
-                f"got {len(preds)} preds and {len(targets)} targets"
+                f"preds and targets must have the same length, got {len(preds)} preds and {len(targets)} targets"
             )
-        self.correct += sum(answers_match(pred, target) for pred, target in zip(preds, targets))
+        self.correct += sum(answers_match(pred, target) for pred, target in zip(preds, targets, strict=True))
         self.total += len(preds)
 
     def compute(self) -> torch.Tensor:

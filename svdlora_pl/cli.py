@@ -7,6 +7,7 @@ argument errors are reported by jsonargparse with exit code 2 as well.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -17,6 +18,9 @@ from typing_extensions import override
 from svdlora_pl.errors import InputError
 
 EXIT_USAGE = 2
+
+TOOLS: dict[str, str] = {}
+"""Tool subcommands beside LightningCLI's: name -> module whose ``main(argv) -> int`` runs it."""
 
 
 class SvdloraCLI(LightningCLI):
@@ -46,7 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``svdlora`` console script."""
     logging.basicConfig(format="%(message)s")
     logging.getLogger("svdlora_pl").setLevel(logging.INFO)
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
+        if args and args[0] in TOOLS:
+            return importlib.import_module(TOOLS[args[0]]).main(args[1:])
         run_lightning(argv)
     except InputError as error:
         print(f"svdlora: error: {error}", file=sys.stderr)

@@ -135,7 +135,7 @@ def tokenize_records(
     flat = [text for segments in all_segments for text, _ in segments]
     flat_ids = iter(tokenizer(flat, add_special_tokens=False)["input_ids"]) if flat else iter(())
     samples, truncated, dropped = [], 0, 0
-    for record, segments in zip(records, all_segments):
+    for record, segments in zip(records, all_segments, strict=True):
         ids: list[int] = []
         labels: list[int] = []
         prompt_length = 0

