@@ -202,7 +202,10 @@ class QwenLoRAModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------------- outputs and checkpoints
     def run_dir(self) -> Path:
-        """The run's log directory (``<default_root_dir>/lightning_logs/version_N`` with TensorBoard)."""
+        """The run's log directory (``<default_root_dir>/lightning_logs/version_N`` with TensorBoard).
+
+        Under DDP this broadcasts from rank zero, so every rank must call it.
+        """
         return Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -213,10 +216,13 @@ class QwenLoRAModule(pl.LightningModule):
         return Path(directory)
 
     @override
-    def on_fit_end(self) -> None:
+    def on_train_end(self) -> None:
+        # on_train_end runs while the strategy (and its process group) is still up; on_fit_end runs after teardown.
+        # trainer.log_dir is a collective under DDP: every rank asks, rank zero writes.
+        target = self.run_dir() / ("adapter" if self.lora_settings else "model")
         if self.trainer.is_global_zero:
-            target = self.save_pretrained(self.run_dir() / ("adapter" if self.lora_settings else "model"))
-            print(f"saved {'adapter' if self.lora_settings else 'model'} to {target}")
+            self.save_pretrained(target)
+            print(f"saved {target.name} to {target}")
         self.trainer.strategy.barrier()
 
     def trainable_names(self) -> set[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from svdlora_pl import io
-from svdlora_pl.io import atomic_directory, atomic_write_text
+from svdlora_pl.io import atomic_directory, atomic_write_bytes, atomic_write_text
 
 
 def test_atomic_write_text_creates_and_replaces(tmp_path: Path) -> None:
@@ -33,10 +33,10 @@ def test_atomic_write_text_failed_rename_keeps_old_content(tmp_path: Path, monke
     assert os.listdir(tmp_path) == ["out.txt"]
 
 
-def test_atomic_write_text_failed_write_leaves_nothing(tmp_path: Path) -> None:
+def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
     target = tmp_path / "out.txt"
     with pytest.raises(TypeError):
-        atomic_write_text(target, b"bytes are not text")  # type: ignore[arg-type]
+        atomic_write_bytes(target, "text is not bytes")  # type: ignore[arg-type]  # fails inside write()
     assert os.listdir(tmp_path) == []
 
 
