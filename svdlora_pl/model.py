@@ -173,7 +173,9 @@ class QwenLoRAModule(pl.LightningModule):
     @override
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         rows = []
-        for record, reference, text in zip(batch["records"], batch["answers"], self.generate_answers(batch), strict=True):
+        for record, reference, text in zip(
+            batch["records"], batch["answers"], self.generate_answers(batch), strict=True
+        ):
             row = {**record, "prediction": text, "predicted_answer": extract_final_answer(text)}
             if reference:
                 row["correct"] = answers_match(text, reference)

@@ -101,3 +101,29 @@ def test_malformed_data_file_exits_2_from_the_console_script(tmp_path):
     assert f"svdlora: error: {data}:2: invalid JSON" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("adapter"))
+
+
+@pytest.mark.parametrize(
+    "preset", sorted((Path(__file__).parents[1] / "callbacks").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_callback_presets_add_their_callback(preset, tmp_path):
+    from svdlora_pl.factors import save_factors
+    from svdlora_pl.lora_layers import find_lora_layers
+
+    first = preset.read_text().splitlines()[0]
+    assert first.startswith(f"# svdlora fit -c configs/tiny.yaml -c callbacks/{preset.name}")
+    factors = tmp_path / "teacher.safetensors"
+    refs = find_lora_layers(QwenLoRAModule())
+    save_factors(factors, {ref.name: (ref.B.detach() + 1.0, ref.A.detach()) for ref in refs})
+    extra = [f"--trainer.callbacks.factors={factors}"] if "factors" in preset.read_text() else []
+    cli = SvdloraCLI(
+        QwenLoRAModule,
+        QADataModule,
+        args=["-c", "configs/tiny.yaml", "-c", str(preset), *extra, f"--trainer.default_root_dir={tmp_path}"],
+        run=False,
+        auto_configure_optimizers=False,
+    )
+    class_path = preset.read_text().split("class_path: ")[1].split()[0]
+    assert any(
+        f"{type(c).__module__.rsplit('.', 1)[0]}.{type(c).__name__}" == class_path for c in cli.trainer.callbacks
+    )

@@ -1,0 +1,118 @@
+"""Shared mechanics of the LoRA monitors: act once every N optimizer steps, on rank zero, and log.
+
+A monitor subclasses :class:`LoRAStepMonitor` and implements :meth:`LoRAStepMonitor.measure`. The base
+class finds the PEFT LoRA layers, refuses to run without a logger, skips the micro-batches of gradient
+accumulation (it acts when ``trainer.global_step`` has advanced, i.e. after a real optimizer step), computes
+on global rank zero only (DDP replicas hold identical LoRA weights, so nothing is gathered and no rank waits
+on another), and writes through the trainer's loggers at ``trainer.global_step``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from typing_extensions import override
+
+from svdlora_pl.lora_layers import LoRALayerRef, find_lora_layers
+
+
+class LoRAStepMonitor(Callback):
+    """Base class: calls :meth:`measure` every ``every_n_steps`` optimizer steps and logs what it returns.
+
+    Args:
+        every_n_steps: Interval in optimizer steps (gradient-accumulation micro-batches do not count).
+        adapter_name: PEFT adapter whose LoRA layers are measured.
+    """
+
+    def __init__(self, every_n_steps: int = 50, adapter_name: str = "default") -> None:
+        if not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise MisconfigurationException(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
+        self.every_n_steps = every_n_steps
+        self.adapter_name = adapter_name
+        self.layers: list[LoRALayerRef] = []
+        self._last_step = -1
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not trainer.loggers:
+            raise MisconfigurationException(f"{type(self).__name__} needs a logger: the Trainer has none")
+        self.layers = find_lora_layers(pl_module, self.adapter_name)
+        if not self.layers:
+            raise MisconfigurationException(
+                f"{type(self).__name__}: no PEFT LoRA layers with adapter {self.adapter_name!r} "
+                f"in {type(pl_module).__name__}"
+            )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_step = trainer.global_step
+        if trainer.global_step == 0:  # the starting point: zero for PEFT's default init, the factors otherwise
+            self._measure_and_log(trainer, pl_module)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if step == self._last_step:  # an accumulation micro-batch: no optimizer step happened
+            return
+        self._last_step = step
+        if step % self.every_n_steps == 0:
+            self._measure_and_log(trainer, pl_module)
+
+    def _measure_and_log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            with torch.no_grad():
+                metrics = self.measure(trainer, pl_module)
+            self.log_metrics(trainer, metrics, self.histograms())
+
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """The scalars to log at this step; implemented by subclasses."""
+        raise NotImplementedError
+
+    def histograms(self) -> dict[str, torch.Tensor]:
+        """Value sets to log as TensorBoard histograms with the last measurement; none by default."""
+        return {}
+
+    def log_metrics(
+        self, trainer: pl.Trainer, metrics: dict[str, float], histograms: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """Write ``metrics`` (and, to TensorBoard, ``histograms``) at ``trainer.global_step``; rank zero calls this.
+
+        Hundreds of per-layer scalars go to TensorBoard as one event (one ``Summary`` with many values), which
+        costs a fraction of one ``add_scalar`` call per key; other loggers get ``log_metrics``.
+        """
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                write_summary(logger.experiment, trainer.global_step, metrics, histograms or {})
+            else:
+                logger.log_metrics(metrics, step=trainer.global_step)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_step": self._last_step}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._last_step = state_dict.get("last_step", -1)
+
+
+def write_summary(
+    writer: Any, step: int, scalars: dict[str, float], histograms: dict[str, torch.Tensor], max_bins: int = 32
+) -> None:
+    """Write scalars and histograms to a ``SummaryWriter`` as a single event at ``step``."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from torch.utils.tensorboard.summary import make_histogram
+
+    values = [Summary.Value(tag=tag, simple_value=float(value)) for tag, value in scalars.items()]
+    for tag, data in histograms.items():
+        array = data.detach().double().cpu().numpy()
+        values.append(Summary.Value(tag=tag, histo=make_histogram(array, bins=min(max_bins, max(1, array.size)))))
+    writer._get_file_writer().add_summary(Summary(value=values), step)
