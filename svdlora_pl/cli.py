@@ -19,7 +19,9 @@ from svdlora_pl.errors import InputError
 
 EXIT_USAGE = 2
 
-TOOLS: dict[str, str] = {}
+TOOLS: dict[str, str] = {
+    "aggregate": "svdlora_pl.aggregate_cli",
+}
 """Tool subcommands beside LightningCLI's: name -> module whose ``main(argv) -> int`` runs it."""
 
 
