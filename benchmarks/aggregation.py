@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 
 from svdlora_pl.aggregation import LoRAFactors, normalize_weights, svd
+from svdlora_pl.spectral import cpu_threads
 
 SHAPES = {  # Qwen2.5-7B: hidden 3584, intermediate 18944, 4 KV heads × 128
     "q_proj/o_proj": (3584, 3584),
@@ -77,17 +77,6 @@ def relative_error(delta: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> flo
     return float(torch.linalg.matrix_norm(delta - B.double() @ A.double()) / torch.linalg.matrix_norm(delta))
 
 
-@contextmanager
-def threads(count: int) -> Iterator[None]:
-    """Run the block with ``count`` intra-op threads (0: leave torch's setting)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count or previous)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def bench_shape(out: int, inp: int, rank: int, seed: int) -> dict[str, float]:
     clients = make_clients(out, inp, seed)
     weights = normalize_weights(list(DATA_SIZES), len(clients))
@@ -127,7 +116,7 @@ def main() -> None:
     )
     rows = []
     for i, (name, (out, inp)) in enumerate(shapes.items()):
-        with threads(args.threads):
+        with cpu_threads(args.threads):
             row = bench_shape(out, inp, args.rank, seed=i)
         rows.append(row)
         diff = abs(row["err_ours"] - row["err_dense"])
