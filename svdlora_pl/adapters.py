@@ -34,10 +34,11 @@ import torch
 from svdlora_pl.aggregation import LoRAFactors
 from svdlora_pl.errors import InputError
 from svdlora_pl.io import atomic_directory
+from svdlora_pl.lora_layers import PEFT_PREFIX
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-KEY_PREFIX = "base_model.model."
+
 FACTOR_SUFFIXES = {".lora_A.weight": "A", ".lora_B.weight": "B"}
 
 # Config fields whose non-default value means the adapter is not plain Linear LoRA: field -> allowed values.
@@ -71,14 +72,14 @@ class LoRAAdapter:
 
 def peft_key(module: str, factor: str) -> str:
     """The saved PEFT key of ``factor`` ("A" or "B") of base module ``module``."""
-    return f"{KEY_PREFIX}{module}.lora_{factor}.weight"
+    return f"{PEFT_PREFIX}{module}.lora_{factor}.weight"
 
 
 def split_peft_key(key: str) -> tuple[str, str] | None:
     """``base_model.model.<module>.lora_A.weight`` -> (``<module>``, "A"); None when not a LoRA factor key."""
     for suffix, factor in FACTOR_SUFFIXES.items():
-        if key.startswith(KEY_PREFIX) and key.endswith(suffix):
-            module = key[len(KEY_PREFIX) : -len(suffix)]
+        if key.startswith(PEFT_PREFIX) and key.endswith(suffix):
+            module = key[len(PEFT_PREFIX) : -len(suffix)]
             return (module, factor) if module else None
     return None
 
@@ -168,7 +169,7 @@ def _group_factors(file: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str,
         parsed = split_peft_key(key)
         if parsed is None:
             raise InputError(
-                f"{file}: {key}: not a Linear LoRA factor (expected '{KEY_PREFIX}<module>.lora_A.weight' or '.lora_B.weight')"
+                f"{file}: {key}: not a Linear LoRA factor (expected '{PEFT_PREFIX}<module>.lora_A.weight' or '.lora_B.weight')"
             )
         if tensor.ndim != 2 or not tensor.is_floating_point():
             raise InputError(
