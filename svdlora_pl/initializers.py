@@ -51,3 +51,67 @@ class RandomInit(LoRAInitializer):
 
     def peft_init(self) -> bool | str:
         return True if self.distribution == "kaiming_uniform" else "gaussian"
+
+
+def warm_start_factors(
+    B_t: torch.Tensor, A_t: torch.Tensor, rank: int, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """LoRA factors whose update scaling·B·A is the best rank-``rank`` approximation of ΔW = B_t·A_t.
+
+    With the thin SVD ΔW = U·diag(σ)·Vᵀ truncated to k = min(rank, rank of ΔW) directions:
+    B = U_k·diag(√σ_k) / √scaling, A = diag(√σ_k)·V_kᵀ / √scaling, so scaling·B·A = U_k·diag(σ_k)·V_kᵀ.
+    Returns (B out×k, A k×in, k); the caller fills the remaining rank − k directions.
+    """
+    from svdlora_pl.spectral import factored_svd, split_factors
+
+    svd = factored_svd(B_t, A_t)
+    tolerance = float(svd.S[0]) * 1e-12 if svd.S.numel() else 0.0
+    k = min(rank, int((svd.S > tolerance).sum()))
+    B, A = split_factors(svd, k, mode="sqrt")
+    root = scaling**0.5
+    return B / root, A / root, k
+
+
+class SVDTeacherInit(LoRAInitializer):
+    """Start every LoRA layer from the SVD of a teacher update read from a factor file (warm start).
+
+    At step 0 each layer's update scaling·B·A equals the best rank-r approximation of the teacher's ΔW for that
+    module (its top r singular directions, √σ split to both factors), so training starts where the teacher's
+    low-rank part is. A teacher of rank below r fills the missing directions as PEFT's default does (A random,
+    B zero columns): the update is unchanged and every direction still receives gradient.
+
+    The factor file (``svdlora factorize`` / ``svdlora synthesize`` output, see :mod:`svdlora_pl.factors`) must
+    hold exactly the model's LoRA target modules, by base-model path, with matching shapes.
+
+    Args:
+        factors: Path of the teacher factor file (safetensors).
+    """
+
+    def __init__(self, factors: str) -> None:
+        self.factors = factors
+
+    def initialize(self, model: torch.nn.Module, adapter_name: str) -> None:
+        from svdlora_pl.errors import InputError
+        from svdlora_pl.factors import load_factors
+        from svdlora_pl.lora_layers import find_lora_layers
+
+        teacher, _ = load_factors(self.factors)
+        layers = find_lora_layers(model, adapter_name)
+        names = {ref.name for ref in layers}
+        missing, extra = sorted(names - set(teacher)), sorted(set(teacher) - names)
+        if missing or extra:
+            raise InputError(
+                f"{self.factors}: modules do not match the LoRA target modules "
+                f"(missing: {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                f"extra: {extra[:3]}{'...' if len(extra) > 3 else ''})"
+            )
+        with torch.no_grad():
+            for ref in layers:
+                B_t, A_t = teacher[ref.name]
+                shape, expected = (B_t.shape[0], A_t.shape[1]), (ref.B.shape[0], ref.A.shape[1])
+                if shape != expected:
+                    raise InputError(f"{self.factors}: {ref.name}: teacher update is {shape}, the layer is {expected}")
+                B, A, k = warm_start_factors(B_t, A_t, ref.A.shape[0], ref.scaling)
+                ref.B[:, :k].copy_(B)
+                ref.B[:, k:].zero_()
+                ref.A[:k].copy_(A)  # rows k.. keep PEFT's random init
