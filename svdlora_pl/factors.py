@@ -82,16 +82,32 @@ def load_factors(path: str | os.PathLike[str]) -> tuple[Factors, dict[str, str]]
     return {module: _as_lora(file, module, parts) for module, parts in _group(file, tensors).items()}, metadata
 
 
+def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    """The safetensors serialization of ``tensors`` with a canonical header: equal content gives equal bytes.
+
+    The safetensors writer emits ``__metadata__`` from a hash map, in an order that varies between runs; the
+    header (8-byte little-endian length + JSON, space-padded to a multiple of 8) is rebuilt with sorted keys.
+    Tensor offsets are relative to the end of the header, so the data bytes are kept as they are.
+    """
+    import json
+
+    from safetensors.torch import save
+
+    raw = save(dict(tensors), metadata=dict(metadata or {}))
+    length = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8 : 8 + length]), sort_keys=True, separators=(",", ":")).encode("utf-8")
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + raw[8 + length :]
+
+
 def save_factors(
     path: str | os.PathLike[str],
     factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
     metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``{module: (B, A)}`` as ``<module>.lora_A`` / ``<module>.lora_B`` (contiguous, atomically)."""
-    from safetensors.torch import save
-
     tensors = {}
     for module, (B, A) in factors.items():
         tensors[f"{module}.lora_A"] = A.detach().contiguous().cpu()
         tensors[f"{module}.lora_B"] = B.detach().contiguous().cpu()
-    return atomic_write_bytes(path, save(tensors, metadata=dict(metadata or {})))
+    return atomic_write_bytes(path, safetensors_bytes(tensors, metadata))

@@ -51,6 +51,7 @@ import torch
 from torch import Tensor
 
 from svdlora_pl.errors import InputError
+from svdlora_pl.factors import safetensors_bytes
 from svdlora_pl.io import atomic_write_bytes
 from svdlora_pl.spectral import FactoredSVD, Scale, factored_svd
 
@@ -220,8 +221,6 @@ def save_synthesized(
     Written atomically with string ``metadata`` in the safetensors header; ΔW = U·diag(S)·Vᵀ, and
     :func:`svdlora_pl.factors.load_factors` reads it back as ``{module: (B = U·diag(S), A = Vᵀ)}``.
     """
-    from safetensors.torch import save
-
     if not svds:
         raise InputError(f"{path}: no modules to save")
     tensors: dict[str, Tensor] = {}
@@ -232,4 +231,4 @@ def save_synthesized(
         for part, t in (("U", U), ("S", S), ("V", V)):
             tensors[f"{module}.{part}"] = t.detach().to(device="cpu", dtype=torch.float32).contiguous()
     header = {str(key): str(value) for key, value in (metadata or {}).items()}
-    return atomic_write_bytes(path, save(tensors, metadata=header))
+    return atomic_write_bytes(path, safetensors_bytes(tensors, header))

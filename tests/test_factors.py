@@ -73,3 +73,12 @@ def test_pickles_and_missing_files_are_refused(tmp_path):
     (tmp_path / "empty.safetensors").write_bytes(b"")
     with pytest.raises(InputError, match="not a readable safetensors file"):
         load_factors(tmp_path / "empty.safetensors")
+
+
+def test_equal_content_gives_equal_bytes(tmp_path):
+    factors = {MODULE: (torch.randn(6, 2), torch.randn(2, 5))}
+    metadata = {f"key{i}": str(i) for i in range(20)}  # the safetensors writer orders these differently per run
+    first = save_factors(tmp_path / "a.safetensors", factors, metadata).read_bytes()
+    second = save_factors(tmp_path / "b.safetensors", factors, dict(reversed(metadata.items()))).read_bytes()
+    assert first == second
+    assert load_factors(tmp_path / "b.safetensors")[1] == metadata
