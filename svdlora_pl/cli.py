@@ -21,6 +21,8 @@ EXIT_USAGE = 2
 
 TOOLS: dict[str, str] = {
     "aggregate": "svdlora_pl.aggregate_cli",
+    "factorize": "svdlora_pl.factorize_cli",
+    "synthesize": "svdlora_pl.synthesize_cli",
 }
 """Tool subcommands beside LightningCLI's: name -> module whose ``main(argv) -> int`` runs it."""
 
@@ -56,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args and args[0] in TOOLS:
             return importlib.import_module(TOOLS[args[0]]).main(args[1:])
+        if not args or args[0] in ("-h", "--help"):
+            print(f"tool subcommands: {', '.join(sorted(TOOLS))} (svdlora TOOL --help)\n")
         run_lightning(argv)
     except InputError as error:
         print(f"svdlora: error: {error}", file=sys.stderr)

@@ -1,0 +1,152 @@
+"""Reports of ``svdlora synthesize``: the JSON dict, its plain-text rendering and the two-panel figure.
+
+Energies are squared Frobenius norms per module (see :mod:`svdlora_pl.teacher`): ``kept`` = energy of the LoRA
+update (its r singular values, kept exactly), ``added`` = the appended decaying tail, ``noise`` = the calibrated
+noise, ``total`` = ‖ΔW_teacher‖_F². Fractions are of ``total``; with noise 0, kept + added = total exactly, with
+noise the cross term 2⟨clean, noise⟩ is the remainder (``cross_fraction``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from svdlora_pl.plots import plt
+
+PROVENANCE_NOTE = (
+    "A teacher synthesized from a LoRA run contains that run's update (its top-r singular triplets are kept "
+    "exactly), so an SVD-init from it starts where that run ended; it is not an independent teacher."
+)
+KIND_ORDER = ("q", "k", "v", "o", "gate", "up", "down")
+PARTS = ("kept", "added", "noise")
+
+
+def module_kind(module: str) -> str:
+    """``model.layers.0.self_attn.q_proj`` -> ``q``; ``...mlp.gate_proj`` -> ``gate``; else the last name."""
+    return module.rpartition(".")[2].removesuffix("_proj")
+
+
+def _fractions(kept: float, added: float, noise: float, total: float) -> dict[str, float]:
+    if total <= 0:
+        return {f"{p}_fraction": 0.0 for p in (*PARTS, "cross")}
+    out = {f"{p}_fraction": v / total for p, v in zip(PARTS, (kept, added, noise), strict=True)}
+    out["cross_fraction"] = (total - kept - added - noise) / total
+    return out
+
+
+def module_entry(shape: Sequence[int], energy: Mapping[str, float]) -> dict[str, Any]:
+    """One module's report: shape, ranks, energies and their fractions of the total."""
+    kept, added, noise, total = (float(energy[f"{p}_energy"]) for p in (*PARTS, "total"))
+    return {
+        "shape": [int(shape[0]), int(shape[1])],
+        "lora_rank": int(energy["lora_rank"]),
+        "target_rank": int(energy["target_rank"]),
+        "kept_energy": kept,
+        "added_energy": added,
+        "noise_energy": noise,
+        "total_energy": total,
+        **_fractions(kept, added, noise, total),
+    }
+
+
+def build_report(
+    shapes: Mapping[str, Sequence[int]], energies: Mapping[str, Mapping[str, float]], provenance: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``{"provenance", "summary", "modules"}``: per-module entries, totals over modules and per-module means."""
+    modules = {m: module_entry(shapes[m], energies[m]) for m in energies}
+    totals = {f"{p}_energy": math.fsum(e[f"{p}_energy"] for e in modules.values()) for p in (*PARTS, "total")}
+    fraction_keys = [f"{p}_fraction" for p in (*PARTS, "cross")]
+    summary: dict[str, Any] = {
+        "modules": len(modules),
+        "lora_ranks": sorted({e["lora_rank"] for e in modules.values()}),
+        "target_rank": sorted({e["target_rank"] for e in modules.values()}),
+        **{f"total_{k}": v for k, v in totals.items()},
+        **{
+            f"overall_{k}": v
+            for k, v in _fractions(*(totals[f"{p}_energy"] for p in (*PARTS, "total"))).items()  # type: ignore[arg-type]
+        },
+        **{f"mean_{k}": math.fsum(e[k] for e in modules.values()) / len(modules) for k in fraction_keys},
+    }
+    return {"provenance": {**provenance, "note": PROVENANCE_NOTE}, "summary": summary, "modules": modules}
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """Plain-text rendering of :func:`build_report`'s dict."""
+    p, s = report["provenance"], report["summary"]
+    lines = [
+        "svdlora synthesize — teacher update synthesized from a LoRA adapter",
+        f"source adapter: {p['source_adapter']}",
+        f"base model: {p['base_model']}",
+        f"target rank {p['target_rank']}, noise scale {p['noise_scale']}, decay {p['decay']}, seed {p['seed']}",
+        "",
+        f"NOTE: {p['note']}",
+        "",
+        f"{s['modules']} modules, LoRA ranks {s['lora_ranks']}, target rank {s['target_rank']}",
+        f"total energy {s['total_total_energy']:.4e}: kept {s['overall_kept_fraction']:.4f}, added "
+        f"{s['overall_added_fraction']:.4f}, noise {s['overall_noise_fraction']:.4f}, cross {s['overall_cross_fraction']:+.4f}",
+        f"mean per module: kept {s['mean_kept_fraction']:.4f}, added {s['mean_added_fraction']:.4f}, "
+        f"noise {s['mean_noise_fraction']:.4f}",
+        "",
+        f"{'module':<40} {'shape':>9} {'r':>3} {'R':>4} {'total':>10} {'kept':>7} {'added':>7} {'noise':>7}",
+    ]
+    for module, e in report["modules"].items():
+        shape = f"{e['shape'][0]}×{e['shape'][1]}"
+        lines.append(
+            f"{module:<40} {shape:>9} {e['lora_rank']:>3} {e['target_rank']:>4} {e['total_energy']:>10.3e} "
+            f"{e['kept_fraction']:>7.4f} {e['added_fraction']:>7.4f} {e['noise_fraction']:>7.4f}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def sample_modules(modules: Sequence[str], count: int = 4) -> list[str]:
+    """Up to ``count`` evenly spaced modules (first and last included)."""
+    if len(modules) <= count:
+        return list(modules)
+    return [modules[i] for i in dict.fromkeys(np.linspace(0, len(modules) - 1, count).round().astype(int).tolist())]
+
+
+def _kind_energies(report: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    kinds: dict[str, dict[str, float]] = {}
+    for module, e in report["modules"].items():
+        acc = kinds.setdefault(module_kind(module), dict.fromkeys(PARTS, 0.0))
+        for part in PARTS:
+            acc[part] += e[f"{part}_energy"]
+    order = [k for k in KIND_ORDER if k in kinds] + sorted(set(kinds) - set(KIND_ORDER))
+    return {k: kinds[k] for k in order}
+
+
+def synthesis_figure(
+    lora_spectra: Mapping[str, np.ndarray], teacher_spectra: Mapping[str, np.ndarray], report: Mapping[str, Any]
+) -> Figure:
+    """Left: σ before (LoRA, dashed) and after (teacher, solid) for ~4 modules, log scale. Right: energy split
+    kept/added/noise per module kind, as shares of kept + added + noise."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    for i, module in enumerate(sample_modules(list(teacher_spectra))):
+        color = f"C{i}"
+        after, before = np.asarray(teacher_spectra[module]), np.asarray(lora_spectra[module])
+        left.semilogy(np.arange(1, len(after) + 1), np.maximum(after, 1e-12), color=color, label=f"{module} teacher")
+        left.semilogy(
+            np.arange(1, len(before) + 1), np.maximum(before, 1e-12), "o--", color=color, label=f"{module} LoRA"
+        )
+    left.set_xlabel("index i")
+    left.set_ylabel("singular value σ_i")
+    left.set_title("singular values: LoRA (dashed) vs synthesized teacher (solid)")
+    left.legend(fontsize="x-small")
+
+    kinds = _kind_energies(report)
+    names = list(kinds)
+    bottom = np.zeros(len(names))
+    for part, color in zip(PARTS, ("C0", "C1", "C3"), strict=True):
+        share = np.array([kinds[k][part] / max(sum(kinds[k].values()), 1e-300) for k in names])
+        right.bar(names, share, bottom=bottom, color=color, label=part)
+        bottom += share
+    right.set_ylim(0, 1)
+    right.set_xlabel("module kind")
+    right.set_ylabel("share of energy")
+    right.set_title("energy split per module kind")
+    right.legend()
+    return fig
