@@ -46,21 +46,15 @@ from svdlora_pl.adapters import LoRAAdapter, read_adapter, save_adapter_files
 from svdlora_pl.aggregation import Aggregate, aggregate_modules, normalize_weights
 from svdlora_pl.errors import InputError
 from svdlora_pl.io import atomic_directory
+from svdlora_pl.tool_args import ToolParser, check_output_dir
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "aggregation_report"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as an InputError (one line, exit 2 from ``svdlora``)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise InputError(f"aggregate: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ToolParser(
         prog="svdlora aggregate",
         description="Merge PEFT LoRA adapters of different ranks (one per client) into one standard PEFT adapter. "
         "Target per module: ΔW = Σ_k p_k s_k B_k A_k (p_k: normalized weight, s_k: the adapter's PEFT scaling).",
@@ -110,18 +104,6 @@ def _check_options(args: argparse.Namespace) -> None:
         raise InputError("--norm-weights: only used by --method zeropad")
     if args.split != "sqrt" and args.method != "svd":
         raise InputError("--split: only used by --method svd")
-
-
-def _check_output(output: Path, adapters: Sequence[str], overwrite: bool) -> None:
-    target = output.resolve()
-    for adapter in adapters:
-        source = Path(adapter).resolve()
-        if target == source or target in source.parents:
-            raise InputError(f"--output-dir: {output} would replace the input adapter {adapter}")
-    if target.exists() and not target.is_dir():
-        raise InputError(f"--output-dir: {output} exists and is not a directory")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise InputError(f"--output-dir: {output} exists and is not empty (pass --overwrite to replace it)")
 
 
 def _weights(args: argparse.Namespace, count: int) -> list[float]:
@@ -315,7 +297,7 @@ def _write(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Validate, read, aggregate and write; returns the report. Raises InputError for bad input."""
     _check_options(args)
-    _check_output(args.output_dir, args.adapters, args.overwrite)
+    check_output_dir(args.output_dir, args.adapters, args.overwrite)
     adapters = [read_adapter(path) for path in args.adapters]
     weights = _weights(args, len(adapters))
     _check_compatible(adapters)

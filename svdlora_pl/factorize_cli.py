@@ -40,20 +40,14 @@ import torch
 from svdlora_pl.errors import InputError
 from svdlora_pl.io import atomic_directory
 from svdlora_pl.spectral import cpu_threads, factored_svd, split_factors
+from svdlora_pl.tool_args import ToolParser, check_output_dir
 
 log = logging.getLogger(__name__)
 PROGRESS_MIN_MODULES = 50
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as an InputError (one line, exit 2 from ``svdlora``)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise InputError(f"factorize: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ToolParser(
         prog="svdlora factorize",
         description="Rank-r SVD factors (PEFT orientation, B·A = best rank-r approximation of ΔW) of every module of "
         "a factor file or a PEFT LoRA adapter, with an SVD analysis (JSON, text report, 4-panel figure).",
@@ -72,16 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", type=Path, required=True, help="directory to write (replaced atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
     return parser
-
-
-def _check_output(output: Path, source: Path, overwrite: bool) -> None:
-    target, src = output.resolve(), source.resolve()
-    if target == src or target in src.parents:
-        raise InputError(f"--output-dir: {output} would replace the input {source}")
-    if target.exists() and not target.is_dir():
-        raise InputError(f"--output-dir: {output} exists and is not a directory")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise InputError(f"--output-dir: {output} exists and is not empty (pass --overwrite to replace it)")
 
 
 def load_source(args: argparse.Namespace) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor, float]], str, str]:
@@ -142,7 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.rank < 1:
         raise InputError(f"--rank: must be >= 1, got {args.rank}")
-    _check_output(args.output_dir, args.delta if args.delta is not None else args.adapter, args.overwrite)
+    check_output_dir(args.output_dir, [args.delta if args.delta is not None else args.adapter], args.overwrite)
     modules, source, kind = load_source(args)
     factors, per_module = factorize(modules, args.rank, args.split)
     _warn_clamped(per_module, args.rank)

@@ -39,6 +39,7 @@ from svdlora_pl.errors import InputError
 from svdlora_pl.io import atomic_directory
 from svdlora_pl.spectral import FactoredSVD, factored_svdvals
 from svdlora_pl.teacher import DEFAULT_DECAY, save_synthesized, synthesize_adapter
+from svdlora_pl.tool_args import ToolParser, check_output_dir
 
 REPORT_NAME = "synthesis_report"
 PLOT_NAME = "synthesis_plots.png"
@@ -48,15 +49,8 @@ def delta_name(target_rank: int) -> str:
     return f"synthesized_delta_rank{target_rank}.safetensors"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as an InputError (one line, exit 2 from ``svdlora``)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise InputError(f"synthesize: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ToolParser(
         prog="svdlora synthesize",
         description="Synthesize a rank-R teacher update from a PEFT LoRA adapter: the LoRA update's singular "
         "triplets kept exactly, R − r decaying directions appended, calibrated noise inside the span. Factored "
@@ -91,16 +85,6 @@ def _check_options(args: argparse.Namespace) -> None:
         raise InputError(f"--noise-scale: must be a finite number >= 0, got {args.noise_scale}")
     if not (math.isfinite(args.decay) and args.decay >= 0):
         raise InputError(f"--decay: must be a finite number >= 0, got {args.decay}")
-
-
-def _check_output(output: Path, adapter: Path, overwrite: bool) -> None:
-    target, source = output.resolve(), adapter.resolve()
-    if target == source or target in source.parents:
-        raise InputError(f"--output-dir: {output} would replace the input adapter {adapter}")
-    if target.exists() and not target.is_dir():
-        raise InputError(f"--output-dir: {output} exists and is not a directory")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise InputError(f"--output-dir: {output} exists and is not empty (pass --overwrite to replace it)")
 
 
 def _provenance(args: argparse.Namespace, adapter: LoRAAdapter) -> dict[str, Any]:
@@ -150,7 +134,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from svdlora_pl.synthesis_report import build_report
 
     _check_options(args)
-    _check_output(args.output_dir, args.adapter, args.overwrite)
+    check_output_dir(args.output_dir, [args.adapter], args.overwrite)
     adapter = read_adapter(args.adapter)
     factors = {m: (f.B, f.A, f.scaling) for m, f in adapter.modules.items()}
     try:

@@ -194,4 +194,4 @@ def test_refuses_non_empty_output_and_overwriting_an_input(clients, tmp_path, ca
     assert run("--adapters", *clients, "--method", "stack", "--output-dir", out) == 2
     assert "exists and is not empty" in capsys.readouterr().err and (out / "keep.txt").exists()
     assert run("--adapters", *clients, "--method", "stack", "--overwrite", "--output-dir", clients[0]) == 2
-    assert "would replace the input adapter" in capsys.readouterr().err and (clients[0] / WEIGHTS_NAME).is_file()
+    assert "would replace the input" in capsys.readouterr().err and (clients[0] / WEIGHTS_NAME).is_file()

@@ -151,4 +151,4 @@ def test_refuses_non_empty_output_without_overwrite(adapter, tmp_path, capsys):
 
 def test_refuses_output_over_the_adapter(adapter, capsys):
     assert run("--adapter", adapter, "--target-rank", R, "--output-dir", adapter, "--overwrite") == 2
-    assert "would replace the input adapter" in capsys.readouterr().err
+    assert "would replace the input" in capsys.readouterr().err
