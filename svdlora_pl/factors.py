@@ -15,8 +15,9 @@ Either layout loads as ``{module: (B, A)}`` (the SVD form as B = U·diag(S), A =
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -80,6 +81,32 @@ def load_factors(path: str | os.PathLike[str]) -> tuple[Factors, dict[str, str]]
     file = Path(path)
     tensors, metadata = _read(file)
     return {module: _as_lora(file, module, parts) for module, parts in _group(file, tensors).items()}, metadata
+
+
+def _listing(names: list[str]) -> str:
+    return f"{names[:3]}{'...' if len(names) > 3 else ''}"
+
+
+def factors_for_layers(path: str | os.PathLike[str], layers: Sequence[Any]) -> Factors:
+    """The factors of every LoRA layer (``LoRALayerRef``-like: ``name``, ``A``, ``B``) from a factor file, checked.
+
+    The file must hold exactly the layers' modules, each with the layer's (out, in) shape; otherwise an
+    :class:`InputError` names the missing and extra modules or the first mismatched shape.
+    """
+    factors, _ = load_factors(path)
+    names = {ref.name for ref in layers}
+    missing, extra = sorted(names - set(factors)), sorted(set(factors) - names)
+    if missing or extra:
+        raise InputError(
+            f"{path}: modules do not match the model's LoRA layers (missing: {_listing(missing)}, "
+            f"extra: {_listing(extra)})"
+        )
+    for ref in layers:
+        B, A = factors[ref.name]
+        shape, expected = (B.shape[0], A.shape[1]), (ref.B.shape[0], ref.A.shape[1])
+        if shape != expected:
+            raise InputError(f"{path}: {ref.name}: teacher update is {shape}, the layer is {expected}")
+    return {ref.name: factors[ref.name] for ref in layers}
 
 
 def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:

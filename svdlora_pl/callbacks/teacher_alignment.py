@@ -28,7 +28,7 @@ from typing_extensions import override
 
 from svdlora_pl.callbacks.step_monitor import LoRAStepMonitor
 from svdlora_pl.errors import InputError
-from svdlora_pl.factors import load_factors
+from svdlora_pl.factors import factors_for_layers
 from svdlora_pl.lora_layers import short_name
 from svdlora_pl.spectral import (
     FactoredSVD,
@@ -95,20 +95,9 @@ class TeacherAlignmentMonitor(LoRAStepMonitor):
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
-        teacher, _ = load_factors(self.factors)
-        names = {ref.name for ref in self.layers}
-        missing, extra = sorted(names - set(teacher)), sorted(set(teacher) - names)
-        if missing or extra:
-            raise InputError(
-                f"{self.factors}: modules do not match the model's LoRA layers "
-                f"(missing: {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-                f"extra: {extra[:3]}{'...' if len(extra) > 3 else ''})"
-            )
+        teacher = factors_for_layers(self.factors, self.layers)
         for ref in self.layers:
             B, A = teacher[ref.name]
-            shape, expected = (B.shape[0], A.shape[1]), (ref.B.shape[0], ref.A.shape[1])
-            if shape != expected:
-                raise InputError(f"{self.factors}: {ref.name}: teacher update is {shape}, the layer is {expected}")
             rank = self.teacher_rank or ref.A.shape[0]
             self.teachers[ref.name] = truncate(factored_svd(B, A), rank)
             self.teacher_factors[ref.name] = split_factors(self.teachers[ref.name], rank, mode="B")
