@@ -16,6 +16,7 @@ hash of everything the build depends on, so a changed recipe never reuses a stal
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -83,7 +84,9 @@ def _corpus() -> Iterator[str]:
             yield record["answer"]
 
 
+@functools.lru_cache(maxsize=1)
 def _recipe_hash() -> str:
+    """Hash of everything the build depends on; computed once per process (the inputs are package files)."""
     digest = hashlib.sha256()
     digest.update(json.dumps([_RECIPE_VERSION, MODEL_CONFIG, SEED, SPECIAL_TOKENS, CHATML_TEMPLATE]).encode())
     for text in _corpus():
