@@ -11,15 +11,17 @@ import lightning.pytorch as pl
 import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import move_data_to_device
 from typing_extensions import override
 
 from svdlora_pl.answers import answers_match, extract_final_answer
 from svdlora_pl.errors import InputError
-from svdlora_pl.initializers import LoRAInitializer, RandomInit
+from svdlora_pl.initializers import LoRAInitializer, RandomInit, from_spec
 from svdlora_pl.io import atomic_directory, atomic_write_text
 from svdlora_pl.loading import DType, load_causal_lm, load_tokenizer
-from svdlora_pl.lora import LoRASettings, wrap_with_lora
+from svdlora_pl.lora import ADAPTER_NAME, LoRASettings, wrap_with_lora
 from svdlora_pl.metrics import EvalMetrics
+from svdlora_pl.residual import InitialFactors, save_base_relative_adapter, snapshot_factors
 from svdlora_pl.schedules import ScheduleKind, warmup_schedule
 from svdlora_pl.tiny import TINY_MODEL
 
@@ -31,11 +33,15 @@ class QwenLoRAModule(pl.LightningModule):
     per validation/test: ``{val,test}/loss`` (mean token NLL over answer tokens), ``{val,test}/perplexity``,
     ``{val,test}/token_accuracy`` and, with ``eval_generate``, ``{val,test}/exact_match``.
 
+    Unless ``initial_eval`` is off, a fresh fit first evaluates the validation set with the untouched initial model
+    and logs ``val/*`` at step 0: the loss before any update, the starting point of every comparison.
+
     Checkpoints hold only the trainable tensors (LoRA factors, or everything in full fine-tuning), the
     optimizer/scheduler state and the RNG state, so resuming continues the same run; the frozen base is
     rebuilt from ``model_name_or_path``. At the end of ``fit`` the adapter is saved in standard PEFT format
     to ``<log_dir>/adapter/`` (full fine-tuning: a ``save_pretrained`` model in ``<log_dir>/model/``), with
-    the tokenizer.
+    the tokenizer. With a residual initializer (one that rewrote the frozen base weights, e.g. ``PiSSAInit``)
+    the saved adapter is the rank-2r conversion that applies to the unmodified base (:mod:`svdlora_pl.residual`).
 
     Args:
         model_name_or_path: Hub name (``Qwen/Qwen2.5-Math-7B-Instruct``), local ``save_pretrained``
@@ -43,12 +49,14 @@ class QwenLoRAModule(pl.LightningModule):
         dtype: Dtype the base weights are loaded in (``bfloat16`` on GPU, ``float32`` on CPU).
         trust_remote_code: Allow model code from the hub; off unless you set it.
         lora: LoRA settings; ``null`` trains every parameter (full fine-tuning).
-        initializer: How the LoRA factors start (``class_path`` of a ``LoRAInitializer``).
+        initializer: How the LoRA factors start (``class_path`` of a ``LoRAInitializer``; its ``class_path`` form
+            is stored in the hyper-parameters, so ``load_from_checkpoint`` rebuilds residual bases too).
         optimizer: Optimizer over the trainable parameters (``class_path``/``init_args``, e.g. AdamW, lr).
         lr_schedule: Decay after warmup: ``cosine``, ``linear`` or ``constant``; stepped per optimizer step.
         warmup_ratio: Fraction of the total optimizer steps spent in linear warmup.
         min_lr_ratio: Final learning rate as a fraction of the peak (cosine and linear).
         gradient_checkpointing: Recompute activations in backward (non-reentrant) to save memory.
+        initial_eval: Evaluate the validation set before the first update of a fresh fit, logged at step 0.
         eval_generate: In validate/test, also generate answers greedily and log ``exact_match``.
         max_new_tokens: Generation length limit for ``eval_generate`` and ``predict``.
         predictions_file: Where ``predict`` writes its JSONL; default ``<log_dir>/predictions.jsonl``.
@@ -66,6 +74,7 @@ class QwenLoRAModule(pl.LightningModule):
         warmup_ratio: float = 0.03,
         min_lr_ratio: float = 0.0,
         gradient_checkpointing: bool = False,
+        initial_eval: bool = True,
         eval_generate: bool = False,
         max_new_tokens: int = 128,
         predictions_file: str | None = None,
@@ -81,9 +90,11 @@ class QwenLoRAModule(pl.LightningModule):
             raise InputError(f"model.min_lr_ratio: must be in [0, 1], got {min_lr_ratio}")
         if max_new_tokens < 1:
             raise InputError(f"model.max_new_tokens: must be positive, got {max_new_tokens}")
+        initializer = from_spec(initializer)  # a dict when read back from a checkpoint's hyper-parameters
         self.save_hyperparameters(ignore=["initializer", "optimizer"])
         if isinstance(self.hparams.get("lora"), LoRASettings):  # keep checkpoints loadable with weights_only
             self.hparams["lora"] = asdict(lora)
+        self.hparams["initializer"] = initializer.spec()
         self.lora_settings = lora
         self.initializer = initializer
         self.optimizer_factory = optimizer
@@ -98,6 +109,9 @@ class QwenLoRAModule(pl.LightningModule):
             self.model = base.requires_grad_(True)
         else:
             self.model = wrap_with_lora(base, lora, initializer, model_name_or_path)
+        self.initial_factors: InitialFactors | None = None
+        if lora is not None and initializer.modifies_base:
+            self.initial_factors = snapshot_factors(self.model, ADAPTER_NAME)
         self.val_metrics = EvalMetrics()
         self.test_metrics = EvalMetrics()
         self._step_losses: list[torch.Tensor] = []
@@ -108,6 +122,33 @@ class QwenLoRAModule(pl.LightningModule):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits of the causal LM."""
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    @override
+    def on_train_start(self) -> None:
+        if self.hparams.initial_eval and self.trainer.global_step == 0:
+            self.log_initial_eval()
+
+    def log_initial_eval(self) -> None:
+        """Evaluate the validation set with the current (initial) weights and log ``val/*`` at step 0."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        loader = datamodule.val_dataloader() if datamodule is not None else None
+        if not loader or self.trainer.limit_val_batches == 0:
+            return
+        limit = self.trainer.limit_val_batches
+        batches = limit if isinstance(limit, int) else max(1, int(len(loader) * limit))
+        devices = [self.device] if self.device.type == "cuda" else []
+        was_training = self.training
+        self.eval()
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), self.trainer.precision_plugin.val_step_context():
+            for index, batch in enumerate(loader):
+                if index >= batches:
+                    break
+                self._eval_step(self.val_metrics, move_data_to_device(batch, self.device))
+        values = self.val_metrics.compute("val", with_exact_match=self.hparams.eval_generate)
+        self.val_metrics.reset()
+        self.train(was_training)
+        for logger in self.loggers:
+            logger.log_metrics({key: float(value) for key, value in values.items()}, step=0)
 
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -213,7 +254,13 @@ class QwenLoRAModule(pl.LightningModule):
     def save_pretrained(self, directory: str | Path) -> Path:
         """Save the adapter (PEFT format) or, in full fine-tuning, the whole model, plus the tokenizer."""
         with atomic_directory(directory) as staging:
-            self.model.save_pretrained(staging)
+            if self.initial_factors is not None:
+                save_base_relative_adapter(
+                    staging, self.model, ADAPTER_NAME, self.initial_factors,
+                    self.hparams.model_name_or_path, self.hparams.initializer["class_path"],
+                )  # fmt: skip
+            else:
+                self.model.save_pretrained(staging)
             self.tokenizer.save_pretrained(staging)
         return Path(directory)
 

@@ -1,4 +1,4 @@
-"""Small shared pieces for the tests: a seeded tiny fit and a TensorBoard scalar reader."""
+"""Small shared pieces for the tests: a seeded tiny fit, a TensorBoard scalar reader, a teacher factor file."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+
+TEACHER_TARGETS = ["q_proj", "v_proj", "down_proj"]
+TINY_SHAPES = {"q_proj": (128, 128), "v_proj": (64, 128), "down_proj": (128, 352)}
 
 
 def make_trainer(root: Path, **overrides: Any) -> pl.Trainer:
@@ -34,3 +38,20 @@ def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     accumulator.Reload()
     return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def teacher_file(tmp_path: Path, rank: int, seed: int = 0) -> tuple[Path, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """A random rank-``rank`` teacher ``{module: (B, A)}`` for TEACHER_TARGETS of the tiny model's 4 layers, saved."""
+    from svdlora_pl.factors import save_factors
+
+    generator = torch.Generator().manual_seed(seed)
+    factors = {}
+    for layer in range(4):
+        for target in TEACHER_TARGETS:
+            block = "mlp" if target == "down_proj" else "self_attn"
+            out, inp = TINY_SHAPES[target]
+            B = torch.randn(out, rank, generator=generator) * 0.05
+            A = torch.randn(rank, inp, generator=generator) * 0.05
+            factors[f"model.layers.{layer}.{block}.{target}"] = (B, A)
+    path = save_factors(tmp_path / f"teacher_rank{rank}.safetensors", factors)
+    return path, factors

@@ -47,6 +47,21 @@ def test_fit_lowers_loss_and_logs_metrics(fitted):
     assert list(log_dir.glob("events.out.tfevents.*"))
 
 
+def test_initial_eval_logs_the_untrained_model_at_step_zero(fitted, tmp_path):
+    _, _, log_dir = fitted
+    scalars = read_scalars(log_dir)
+    assert [step for step, _ in scalars["val/loss"]] == [0, 29]  # Lightning logs epoch-end val at the last step
+    assert scalars["train/loss"][0][0] == 0  # the first train point is also measured before any update
+    pl.seed_everything(0)
+    fresh = make_module()  # same seed: the same initial LoRA factors as the fitted run had
+    (expected,) = make_trainer(tmp_path, limit_val_batches=3).validate(fresh, QADataModule(batch_size=8))
+    for key in ("val/loss", "val/token_accuracy"):
+        assert scalars[key][0][1] == pytest.approx(expected[key], rel=1e-6)
+    skipped = make_trainer(tmp_path / "off", max_steps=1, limit_val_batches=1)
+    skipped.fit(make_module(initial_eval=False), QADataModule(batch_size=8))
+    assert "val/loss" not in read_scalars(Path(skipped.log_dir))  # max_steps ends before any epoch-end validation
+
+
 def test_adapter_loads_with_plain_peft_and_gives_same_logits(fitted):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

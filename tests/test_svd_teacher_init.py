@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_trainer
+from helpers import TEACHER_TARGETS as TARGETS
+from helpers import make_trainer, teacher_file
 
 from svdlora_pl.data import QADataModule
 from svdlora_pl.errors import InputError
@@ -17,24 +18,6 @@ from svdlora_pl.initializers import SVDTeacherInit
 from svdlora_pl.lora import LoRASettings
 from svdlora_pl.lora_layers import find_lora_layers
 from svdlora_pl.model import QwenLoRAModule
-
-TARGETS = ["q_proj", "v_proj", "down_proj"]
-SHAPES = {"q_proj": (128, 128), "v_proj": (64, 128), "down_proj": (128, 352)}
-
-
-def teacher_file(tmp_path: Path, rank: int, seed: int = 0) -> tuple[Path, dict]:
-    """A random rank-``rank`` teacher for every target module of the tiny model (4 layers)."""
-    generator = torch.Generator().manual_seed(seed)
-    factors = {}
-    for layer in range(4):
-        for target in TARGETS:
-            block = "mlp" if target == "down_proj" else "self_attn"
-            out, inp = SHAPES[target]
-            B = torch.randn(out, rank, generator=generator) * 0.05
-            A = torch.randn(rank, inp, generator=generator) * 0.05
-            factors[f"model.layers.{layer}.{block}.{target}"] = (B, A)
-    path = save_factors(tmp_path / f"teacher_rank{rank}.safetensors", factors)
-    return path, factors
 
 
 def make_module(path: Path, r: int = 4, alpha: float = 8.0) -> QwenLoRAModule:
