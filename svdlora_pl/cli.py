@@ -21,6 +21,7 @@ EXIT_USAGE = 2
 
 TOOLS: dict[str, str] = {
     "aggregate": "svdlora_pl.aggregate_cli",
+    "compare": "svdlora_pl.compare_cli",
     "factorize": "svdlora_pl.factorize_cli",
     "synthesize": "svdlora_pl.synthesize_cli",
 }
