@@ -5,7 +5,11 @@ Used by ``svdlora factorize`` (:mod:`svdlora_pl.factorize_cli`). Per module (k =
 - ``singular_values``: all k of them, descending;
 - ``energy_ratio`` = Σ_{i≤r} σᵢ² / Σ σᵢ² and ``relative_error`` = √(Σ_{i>r} σᵢ²) / √(Σ σᵢ²), the Eckart–Young
   optimum that the rank-r truncation reaches; ``effective_rank`` (Roy & Vetterli);
-- ``rank``: the rank used, min(r, k); ``clamped``: true when r > k.
+- ``rank``: the rank used, min(r, k); ``clamped``: true when r > k;
+- ``total_energy`` = ‖ΔW‖_F²; ``spectrum_complete``: false when only the top singular values are known (a randomized
+  SVD of a dense ΔW, ``--svd randomized``): energy ratio and error are then taken against the total energy computed
+  from the dense matrix, the discarded energy being ‖ΔW‖_F² − Σ_{i≤r} σᵢ² (clamped at 0), and the effective rank
+  is that of the known values only.
 
 The low-rank hypothesis "ΔW is well approximated at rank r" holds, by the seed's thresholds, when the mean energy
 ratio is above 0.9 **and** the mean relative error is below 0.1 (both thresholds are written into the JSON).
@@ -23,7 +27,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from svdlora_pl import plots  # noqa: F401  (selects the headless Agg backend before pyplot is imported)
-from svdlora_pl.spectral import effective_rank, energy_ratio, reconstruction_error
+from svdlora_pl.spectral import effective_rank, energy_ratio, frobenius_norm, reconstruction_error
 
 ENERGY_THRESHOLD = 0.9
 ERROR_THRESHOLD = 0.1
@@ -31,19 +35,40 @@ WORST = 5
 SPECTRA_SHOWN = 4
 
 
-def analyze_module(S: Tensor, rank: int, shape: tuple[int, int], source_rank: int) -> dict[str, Any]:
-    """Analysis of one module from its full spectrum S (k values) at the requested ``rank`` (clamped to k)."""
-    k = int(S.shape[0])
+def analyze_module(
+    S: Tensor, rank: int, shape: tuple[int, int], source_rank: int, total_energy: float | None = None
+) -> dict[str, Any]:
+    """Analysis of one module at the requested ``rank``, clamped to k = min(out, in, source rank).
+
+    Args:
+        S: singular values, descending: the whole spectrum (k values), or only the top ones with ``total_energy``.
+        rank: the requested rank r.
+        shape: (out, in) of ΔW.
+        source_rank: rank of the source factors (min(out, in) for a dense ΔW).
+        total_energy: ‖ΔW‖_F² computed from the dense matrix, for a partial spectrum (randomized SVD): the energy
+            ratio is Σ_{i≤r} σᵢ² / total and the error √(max(total − Σ_{i≤r} σᵢ², 0) / total). None: S is the whole
+            spectrum and everything comes from it (the tail summed directly: accurate even for tiny errors).
+    """
+    k = min(int(shape[0]), int(shape[1]), int(source_rank))
     used = min(rank, k)
+    if total_energy is None:
+        energy, error, total = energy_ratio(S, used), reconstruction_error(S, used), frobenius_norm(S) ** 2
+    else:
+        kept = math.fsum(x * x for x in S[:used].double().tolist())
+        total = float(total_energy)
+        energy = min(kept / total, 1.0) if total > 0 else 1.0
+        error = math.sqrt(max(total - kept, 0.0) / total) if total > 0 else 0.0
     return {
         "shape": [int(shape[0]), int(shape[1])],
         "source_rank": int(source_rank),
         "available_rank": k,
         "rank": used,
         "clamped": rank > k,
-        "energy_ratio": energy_ratio(S, used),
-        "relative_error": reconstruction_error(S, used),
+        "energy_ratio": energy,
+        "relative_error": error,
         "effective_rank": effective_rank(S),
+        "total_energy": total,
+        "spectrum_complete": total_energy is None,
         "singular_values": [float(x) for x in S.tolist()],
     }
 
@@ -100,6 +125,9 @@ def build_analysis(
             "relative_error": "‖ΔW − ΔW_r‖_F / ‖ΔW‖_F = √(Σ_{i>r} σᵢ²) / √(Σ σᵢ²) (Eckart–Young optimum)",
             "effective_rank": "exp(entropy of σᵢ / Σ σⱼ) (Roy & Vetterli 2007)",
             "clamped": "the requested rank exceeds min(out, in, source rank) of the module; that k is used instead",
+            "total_energy": "‖ΔW‖²_F",
+            "spectrum_complete": "false: only the top r singular values are known (randomized SVD); energy ratio and "
+            "relative error then use total_energy computed from the dense ΔW, effective_rank the known values only",
         },
         "summary": summarize(modules, rank),
         "modules": {name: dict(entry) for name, entry in modules.items()},
@@ -132,6 +160,12 @@ def format_report(analysis: Mapping[str, Any]) -> str:
     ]
     if s["clamped_modules"]:
         lines += ["", "clamped: the rank used is min(out, in, source rank) where the requested rank is larger."]
+    if not all(m.get("spectrum_complete", True) for m in analysis["modules"].values()):
+        lines += [
+            "",
+            "randomized SVD: only the top r singular values are known; energy ratio and relative error use ‖ΔW‖²_F "
+            "computed from the dense matrix, the effective rank only the known values.",
+        ]
     lines += ["", f"  {'module':<52} {'shape':>11} {'rank':>5} {'energy':>8} {'rel_err':>8} {'eff_rank':>8}"]
     for name, m in analysis["modules"].items():
         shape = f"{m['shape'][0]}×{m['shape'][1]}"

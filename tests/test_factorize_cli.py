@@ -247,3 +247,145 @@ def test_output_dir_containing_the_source_is_refused(delta, tmp_path):
     path, _ = delta
     assert run("--delta", path, "--rank", 2, "--output-dir", path.parent, "--overwrite") == 2
     assert path.exists()
+
+
+# ---------------------------------------------------------------- --base/--finetuned: a real full fine-tune
+TINY = "svdlora:tiny-qwen2"
+CHECKED = [f"model.layers.2.{kind}" for kind in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+           "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]  # fmt: skip
+"""Modules compared with numpy, one of each kind and shape (numpy's threaded SVD is slow on a busy 2-core machine)."""
+
+
+@pytest.fixture(scope="module")
+def full_ft(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The tiny model plus a known rank-6 perturbation, saved; the true ΔW of each module (float64) and the
+    singular values of the CHECKED ones (numpy)."""
+    from test_weight_deltas import make_finetuned, true_deltas
+
+    from svdlora_pl.tiny import tiny_model_dir
+
+    model = make_finetuned(tmp_path_factory.mktemp("full") / "model", seed=1)
+    dense = true_deltas(tiny_model_dir(), model)
+    return model, dense, {name: np.linalg.svd(dense[name], compute_uv=False) for name in CHECKED}
+
+
+def test_full_finetune_factors_equal_the_truncation_of_the_true_delta(full_ft, tmp_path):
+    model, dense, spectra = full_ft
+    out = tmp_path / "out"
+    assert run("--base", TINY, "--finetuned", model, "--rank", 3, "--output-dir", out) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(n.format(r=3) for n in NAMES)
+    got = products(out / "svd_factors_rank3.safetensors")
+    analysis = json.loads((out / "svd_analysis_rank3.json").read_text())
+    assert set(got) == set(dense) == set(analysis["modules"]) and len(dense) == 28
+    for name in CHECKED:
+        W, s = dense[name], spectra[name]
+        assert rel(got[name], truncation(W, 3)) <= 1e-5
+        module = analysis["modules"][name]
+        eckart_young = math.sqrt(np.sum(s[3:] ** 2)) / np.linalg.norm(W)
+        assert module["relative_error"] == pytest.approx(eckart_young, abs=1e-6)
+        assert module["energy_ratio"] == pytest.approx(np.sum(s[:3] ** 2) / np.sum(W**2), abs=1e-6)
+        assert module["singular_values"] == pytest.approx(s.tolist(), rel=1e-4, abs=1e-6)  # the whole spectrum
+        assert module["spectrum_complete"] is True and module["available_rank"] == min(W.shape)
+        assert module["total_energy"] == pytest.approx(np.sum(W**2), rel=1e-6)
+    assert analysis["source"] == f"{TINY} -> {model}" and analysis["source_kind"] == "full_finetune (exact)"
+    with safe_open(str(out / "svd_factors_rank3.safetensors"), framework="pt") as handle:
+        meta = handle.metadata()
+    assert meta["source"] == f"{TINY} -> {model}" and meta["source_kind"] == "full_finetune (exact)"
+
+
+def test_full_finetune_randomized_matches_exact_and_is_deterministic(full_ft, tmp_path):
+    """Tolerance: the planted spectrum (1, .5, .25, .12, ...) sits far above a noise floor of ~3e-3, so at rank 3 with
+    q = 13 and niter 4 the randomized factors equal the exact ones to float32 rounding (stated bound 1e-4)."""
+    model, dense, spectra = full_ft
+    paths = [tmp_path / name for name in ("a", "b")]
+    for path in paths:
+        assert run("--base", TINY, "--finetuned", model, "--rank", 3, "--svd", "randomized", "--output-dir", path) == 0
+    files = [path / "svd_factors_rank3.safetensors" for path in paths]
+    assert files[0].read_bytes() == files[1].read_bytes()  # same seed, same bytes
+    got = products(files[0])
+    analysis = json.loads((paths[0] / "svd_analysis_rank3.json").read_text())
+    assert analysis["source_kind"] == "full_finetune (randomized niter=4)"
+    assert set(got) == set(dense)
+    for name in CHECKED:
+        W, s = dense[name], spectra[name]
+        assert rel(got[name], truncation(W, 3)) < 1e-4
+        module = analysis["modules"][name]
+        assert module["spectrum_complete"] is False and len(module["singular_values"]) == 3
+        # the total energy is the dense ‖ΔW‖², not the sum of the three known σ²
+        assert module["total_energy"] == pytest.approx(np.sum(W**2), rel=1e-6)
+        assert module["relative_error"] == pytest.approx(math.sqrt(np.sum(s[3:] ** 2) / np.sum(W**2)), abs=1e-4)
+    assert "randomized SVD" in (paths[0] / "svd_report_rank3.txt").read_text()
+
+
+def test_full_finetune_sharded_target_modules_and_progress_bar(full_ft, tmp_path, monkeypatch, capsys):
+    from test_weight_deltas import make_finetuned
+
+    import svdlora_pl.factorize_cli as factorize_cli
+
+    _, dense, _ = full_ft
+    sharded = make_finetuned(tmp_path / "sharded", seed=1, max_shard_size="300KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    monkeypatch.setattr(factorize_cli, "PROGRESS_MIN_ELEMENTS", 0)
+    capsys.readouterr()
+    out = tmp_path / "out"
+    args = ("--base", TINY, "--finetuned", sharded, "--rank", 2, "--target-modules", "q_proj", "up_proj")
+    assert run(*args, "--split", "B", "--output-dir", out) == 0
+    assert "factorize" in capsys.readouterr().err  # tqdm's bar over the modules
+    got = products(out / "svd_factors_rank2.safetensors")
+    assert sorted(got) == sorted(n for n in dense if n.endswith(("q_proj", "up_proj"))) and len(got) == 8
+    for name in ("model.layers.2.self_attn.q_proj", "model.layers.2.mlp.up_proj"):
+        assert rel(got[name], truncation(dense[name], 2)) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing directory",
+        "architecture",
+        "pickle only",
+        "nan",
+        "delta and base",
+        "base without finetuned",
+        "finetuned alone",
+        "svd with delta",
+        "unknown target",
+    ],
+)
+def test_full_finetune_bad_input_exits_2_with_one_line_and_no_output(delta, full_ft, tmp_path, capsys, case):
+    import shutil
+
+    model = full_ft[0]
+    bad = tmp_path / "bad"
+    if case in ("architecture", "nan"):
+        shutil.copytree(model, bad)
+    if case == "architecture":
+        config = json.loads((bad / "config.json").read_text())
+        (bad / "config.json").write_text(json.dumps({**config, "intermediate_size": 360}))
+    if case == "nan":
+        tensors = load_file(str(bad / "model.safetensors"))
+        tensors["model.layers.3.mlp.up_proj.weight"][0, 0] = float("inf")
+        save_file(tensors, str(bad / "model.safetensors"), metadata={"format": "pt"})
+    if case == "pickle only":
+        bad.mkdir()
+        (bad / "config.json").write_bytes((model / "config.json").read_bytes())
+        (bad / "pytorch_model.bin").write_bytes(b"\x80\x04not read")
+    path, _ = delta
+    args, needle = {
+        "missing directory": (["--finetuned", tmp_path / "nope"], "no such model directory"),
+        "architecture": (["--finetuned", bad], "intermediate_size = 360 differs"),
+        "pickle only": (["--finetuned", bad], "pickle"),
+        "nan": (["--finetuned", bad], "model.layers.3.mlp.up_proj.weight: NaN or infinite"),
+        "delta and base": (["--delta", path, "--finetuned", model], "not allowed with argument"),
+        "base without finetuned": ([], "--base: needs --finetuned"),
+        "finetuned alone": (["--finetuned", model], "one of the arguments"),
+        "svd with delta": (["--delta", path, "--svd", "exact"], "--svd: only with --base"),
+        "unknown target": (["--finetuned", model, "--target-modules", "qproj"], "'qproj' matches no"),
+    }[case]
+    base = [] if case in ("finetuned alone", "svd with delta") else ["--base", TINY]
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert run(*base, *args, "--rank", 2, "--output-dir", out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("svdlora: error:") and needle in err[0], err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]

@@ -152,3 +152,102 @@ def test_refuses_non_empty_output_without_overwrite(adapter, tmp_path, capsys):
 def test_refuses_output_over_the_adapter(adapter, capsys):
     assert run("--adapter", adapter, "--target-rank", R, "--output-dir", adapter, "--overwrite") == 2
     assert "would replace the input" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- --base/--finetuned: the teacher of a real full fine-tune
+TINY = "svdlora:tiny-qwen2"
+FULL_FILES = ["full_delta_rank{R}.safetensors", "synthesis_report.json", "synthesis_report.txt", "synthesis_plots.png"]
+CHECKED = ["model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.k_proj", "model.layers.1.mlp.down_proj"]
+
+
+@pytest.fixture(scope="module")
+def full_ft(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
+    """The tiny model plus a known rank-6 perturbation (tests/test_weight_deltas.py), saved; and its true ΔW."""
+    from test_weight_deltas import make_finetuned, true_deltas
+
+    from svdlora_pl.tiny import tiny_model_dir
+
+    model = make_finetuned(tmp_path_factory.mktemp("full") / "model", seed=2)
+    return model, true_deltas(tiny_model_dir(), model)
+
+
+def test_full_finetune_teacher_is_the_rank_R_truncation_with_its_energy(full_ft, tmp_path, capsys):
+    model, dense = full_ft
+    out = tmp_path / "teacher"
+    assert run("--base", TINY, "--finetuned", model, "--target-rank", 4, "--output-dir", out) == 0
+    files = [name.format(R=4) for name in FULL_FILES]
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
+    printed = capsys.readouterr().out
+    assert all(str(out / name) in printed for name in files)
+    factors, metadata = load_factors(out / files[0])
+    assert set(factors) == set(dense) and len(factors) == 28
+    assert metadata["base"] == TINY and metadata["finetuned"] == str(model)
+    assert metadata["rank"] == "4" and metadata["method"] == "full_finetune (exact)"
+    report = json.loads((out / "synthesis_report.json").read_text())
+    for module in CHECKED:
+        W = dense[module]
+        B, A = factors[module]
+        assert B.shape[1] == A.shape[0] == 4
+        assert np.linalg.norm((B.double() @ A.double()).numpy() - truncate(W, 4)) <= 1e-5 * np.linalg.norm(W)
+        s = np.linalg.svd(W, compute_uv=False)
+        e = report["modules"][module]
+        assert e["total_energy"] == pytest.approx(np.sum(W**2), rel=1e-6)  # the true ‖ΔW‖², not Σ of 4 values
+        assert e["kept_energy"] == pytest.approx(np.sum(s[:4] ** 2), rel=1e-6)
+        assert e["kept_fraction"] == pytest.approx(np.sum(s[:4] ** 2) / np.sum(W**2), abs=1e-6)
+        assert e["relative_error"] == pytest.approx(np.sqrt(np.sum(s[4:] ** 2) / np.sum(W**2)), abs=1e-6)
+        assert e["rank"] == 4 and e["clamped"] is False
+    s = report["summary"]
+    assert s["modules"] == 28 and s["target_rank"] == 4 and s["clamped_modules"] == 0
+    kept = sum(e["kept_energy"] for e in report["modules"].values())
+    assert s["overall_kept_fraction"] == pytest.approx(
+        kept / sum(e["total_energy"] for e in report["modules"].values())
+    )
+    assert "independent of any LoRA run" in report["provenance"]["note"]
+    text = (out / "synthesis_report.txt").read_text()
+    assert "real full fine-tune" in text and str(model) in text
+    # svdlora factorize --delta reads the teacher; rank 2 of the rank-4 truncation is rank 2 of ΔW
+    assert main(["factorize", "--delta", str(out / files[0]), "--rank", "2", "--output-dir", str(tmp_path / "f")]) == 0
+    refactored, _ = load_factors(tmp_path / "f" / "svd_factors_rank2.safetensors")
+    for module in CHECKED:
+        B, A = refactored[module]
+        W = dense[module]
+        assert np.linalg.norm((B.double() @ A.double()).numpy() - truncate(W, 2)) <= 1e-5 * np.linalg.norm(W)
+
+
+def test_full_finetune_rank_above_min_keeps_the_whole_delta(full_ft, tmp_path):
+    model, dense = full_ft
+    out = tmp_path / "teacher"
+    args = ("--base", TINY, "--finetuned", model, "--target-rank", 100, "--target-modules", "k_proj")
+    assert run(*args, "--svd", "randomized", "--output-dir", out) == 0
+    factors, metadata = load_factors(out / "full_delta_rank100.safetensors")
+    assert metadata["method"] == "full_finetune (randomized niter=4)" and len(factors) == 4
+    report = json.loads((out / "synthesis_report.json").read_text())
+    for module, (B, A) in factors.items():
+        assert B.shape == (64, 64) and A.shape == (64, 128)  # k_proj is 64×128: clamped to 64
+        W = dense[module]
+        assert np.linalg.norm((B.double() @ A.double()).numpy() - W) <= 1e-5 * np.linalg.norm(W)
+        assert report["modules"][module]["clamped"] is True and report["modules"][module]["rank"] == 64
+        assert report["modules"][module]["kept_fraction"] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--base", TINY, "--finetuned", "FT", "--noise-scale", "0.1"], "--noise-scale: not with --base"),
+        (["--base", TINY, "--finetuned", "FT", "--decay", "0"], "--decay: not with --base"),
+        (["--base", TINY], "--base: needs --finetuned"),
+        (["--base", TINY, "--adapter", "ADAPTER", "--finetuned", "FT"], "not allowed with argument"),
+        (["--finetuned", "FT"], "one of the arguments --adapter --base is required"),
+        (["--adapter", "ADAPTER", "--svd", "randomized"], "--svd: only with --base"),
+        (["--base", TINY, "--finetuned", "MISSING"], "no such model directory"),
+    ],
+)
+def test_full_finetune_bad_options_exit_2_with_one_line_and_no_output(
+    adapter, full_ft, tmp_path, capsys, extra, needle
+):
+    swap = {"FT": str(full_ft[0]), "ADAPTER": str(adapter), "MISSING": str(tmp_path / "missing")}
+    out = tmp_path / "out"
+    assert run(*[swap.get(a, a) for a in extra], "--target-rank", 4, "--output-dir", out) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("svdlora: error: ") and err.count("\n") == 1 and needle in err, err
+    assert list(tmp_path.iterdir()) == []
