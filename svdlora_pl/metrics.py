@@ -7,8 +7,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from svdlora_pl.answers import AnswerExactMatch
-
-IGNORE_INDEX = -100
+from svdlora_pl.losses import supervised_positions
 
 
 class EvalMetrics(torch.nn.Module):
@@ -25,14 +24,15 @@ class EvalMetrics(torch.nn.Module):
 
     def update_tokens(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Accumulate from logits (B, T, V) and labels (B, T); position t predicts label t + 1."""
-        targets = labels[:, 1:]
-        mask = targets != IGNORE_INDEX
-        if not mask.any():
+        self.update_selected(*supervised_positions(logits, labels))
+
+    def update_selected(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Accumulate from the logits (N, V) of the N supervised positions and their target ids (N)."""
+        if targets.numel() == 0:
             return
-        picked = logits[:, :-1][mask].float()
-        gold = targets[mask]
-        self.nll.update(F.cross_entropy(picked, gold, reduction="none"))
-        self.token_accuracy.update((picked.argmax(dim=-1) == gold).float())
+        picked = logits.float()
+        self.nll.update(F.cross_entropy(picked, targets, reduction="none"))
+        self.token_accuracy.update((picked.argmax(dim=-1) == targets).float())
 
     def compute(self, stage: str, with_exact_match: bool) -> dict[str, torch.Tensor]:
         """``{stage}/loss``, ``{stage}/perplexity``, ``{stage}/token_accuracy`` [, ``{stage}/exact_match``]."""
