@@ -21,7 +21,9 @@ EXIT_USAGE = 2
 
 TOOLS: dict[str, str] = {
     "aggregate": "svdlora_pl.aggregate_cli",
+    "estimate-memory": "svdlora_pl.estimate_cli",
     "compare": "svdlora_pl.compare_cli",
+    "experiment": "svdlora_pl.experiment_cli",
     "factorize": "svdlora_pl.factorize_cli",
     "synthesize": "svdlora_pl.synthesize_cli",
 }
