@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from svdlora_pl.errors import InputError
 from svdlora_pl.loading import load_tokenizer
@@ -195,25 +195,37 @@ def _pad(sequences: list[torch.Tensor], value: int, left: bool) -> dict[str, tor
     return {"input_ids": ids, "attention_mask": mask}
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A random permutation of ``range(num_samples)`` that depends only on ``(seed, epoch)``.
+class EpochShuffleSampler(DistributedSampler):
+    """A random permutation of ``range(num_samples)`` that depends only on ``(seed, epoch)``, sharded across ranks.
 
     It draws from its own ``torch.Generator`` seeded with ``seed + epoch``, never from the global RNG, so a run
     resumed at epoch ``e`` sees the same order as the original run. Lightning calls :meth:`set_epoch` at the
-    start of every epoch.
+    start of every epoch. With ``num_replicas`` = W processes, rank k takes positions k, k + W, k + 2W, ... of
+    that one permutation (padded by wrapping around to a multiple of W), so a step of W ranks × batch b sees
+    exactly the samples a single process sees with batch W·b. Being a ``DistributedSampler``, Lightning uses it
+    as it is instead of wrapping it in a second, differently shuffled one.
     """
 
-    def __init__(self, num_samples: int, seed: int = 0) -> None:
-        self.num_samples = num_samples
+    def __init__(self, num_samples: int, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.num_samples_total = num_samples
+        self.num_replicas = num_replicas
+        self.rank = rank
         self.seed = seed
         self.epoch = 0
+        self.num_samples = -(-num_samples // num_replicas)  # per rank
+        self.total_size = self.num_samples * num_replicas
+        self.shuffle, self.drop_last = True, False  # DistributedSampler's attributes, read by Lightning
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+        order = torch.randperm(self.num_samples_total, generator=generator).tolist()
+        order += order[: self.total_size - len(order)]
+        return iter(order[self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
         return self.num_samples
@@ -400,10 +412,15 @@ class QADataModule(LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed),
+            sampler=EpochShuffleSampler(len(dataset), self.seed, *self._replicas()),
             collate_fn=QACollator(self.tokenizer.pad_token_id, with_prompts=False),
             **self._loader_kwargs(),
         )
+
+    def _replicas(self) -> tuple[int, int]:
+        """(number of processes, this process's rank) of the attached trainer; (1, 0) without one."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.dataset("val") is None:

@@ -20,6 +20,7 @@ from svdlora_pl.initializers import LoRAInitializer, RandomInit, from_spec
 from svdlora_pl.io import atomic_directory, atomic_write_text
 from svdlora_pl.loading import DType, load_causal_lm, load_tokenizer
 from svdlora_pl.lora import ADAPTER_NAME, LoRASettings, wrap_with_lora
+from svdlora_pl.losses import chunked_cross_entropy, supervised_positions
 from svdlora_pl.metrics import EvalMetrics
 from svdlora_pl.residual import InitialFactors, save_base_relative_adapter, snapshot_factors
 from svdlora_pl.schedules import ScheduleKind, warmup_schedule
@@ -56,6 +57,10 @@ class QwenLoRAModule(pl.LightningModule):
         warmup_ratio: Fraction of the total optimizer steps spent in linear warmup.
         min_lr_ratio: Final learning rate as a fraction of the peak (cosine and linear).
         gradient_checkpointing: Recompute activations in backward (non-reentrant) to save memory.
+        loss_chunk_tokens: ``null``: the model's own loss over full (B, T, V) logits. ``n``: logits only at the
+            answer tokens, ``n`` rows at a time, recomputed in backward (:mod:`svdlora_pl.losses`): the same loss
+            without the vocabulary-sized activations (GiBs with Qwen2.5's 152k vocabulary); also used in eval.
+        compile: ``torch.compile`` every decoder layer in place (state-dict keys and adapter saving unchanged).
         initial_eval: Evaluate the validation set before the first update of a fresh fit, logged at step 0.
         eval_generate: In validate/test, also generate answers greedily and log ``exact_match``.
         max_new_tokens: Generation length limit for ``eval_generate`` and ``predict``.
@@ -74,6 +79,8 @@ class QwenLoRAModule(pl.LightningModule):
         warmup_ratio: float = 0.03,
         min_lr_ratio: float = 0.0,
         gradient_checkpointing: bool = False,
+        loss_chunk_tokens: int | None = None,
+        compile: bool = False,
         initial_eval: bool = True,
         eval_generate: bool = False,
         max_new_tokens: int = 128,
@@ -88,6 +95,8 @@ class QwenLoRAModule(pl.LightningModule):
             raise InputError(f"model.warmup_ratio: must be in [0, 1), got {warmup_ratio}")
         if not 0.0 <= min_lr_ratio <= 1.0:
             raise InputError(f"model.min_lr_ratio: must be in [0, 1], got {min_lr_ratio}")
+        if loss_chunk_tokens is not None and loss_chunk_tokens < 1:
+            raise InputError(f"model.loss_chunk_tokens: must be positive or null, got {loss_chunk_tokens}")
         if max_new_tokens < 1:
             raise InputError(f"model.max_new_tokens: must be positive, got {max_new_tokens}")
         initializer = from_spec(initializer)  # a dict when read back from a checkpoint's hyper-parameters
@@ -109,6 +118,9 @@ class QwenLoRAModule(pl.LightningModule):
             self.model = base.requires_grad_(True)
         else:
             self.model = wrap_with_lora(base, lora, initializer, model_name_or_path)
+        if compile:
+            for layer in base.get_decoder().layers:
+                layer.compile()
         self.initial_factors: InitialFactors | None = None
         if lora is not None and initializer.modifies_base:
             self.initial_factors = snapshot_factors(self.model, ADAPTER_NAME)
@@ -121,7 +133,7 @@ class QwenLoRAModule(pl.LightningModule):
     @override
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits of the causal LM."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     @override
     def on_train_start(self) -> None:
@@ -150,17 +162,43 @@ class QwenLoRAModule(pl.LightningModule):
         for logger in self.loggers:
             logger.log_metrics({key: float(value) for key, value in values.items()}, step=0)
 
+    def hf_model(self) -> Any:
+        """The Hugging Face causal LM (inside the PEFT wrapper with LoRA; its LoRA layers are live)."""
+        return self.model.get_base_model() if self.lora_settings is not None else self.model
+
+    def supervised_hidden(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder hidden states at the positions that predict an answer token, and those tokens' ids."""
+        decoder = self.hf_model().get_decoder()
+        hidden = decoder(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).last_hidden_state
+        return supervised_positions(hidden, batch["labels"])
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Mean NLL of the answer tokens: the model's own loss, or the chunked one (``loss_chunk_tokens``)."""
+        chunk = self.hparams.loss_chunk_tokens
+        if chunk is None:
+            return self.model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                labels=batch["labels"],
+                use_cache=False,
+            ).loss
+        hidden, targets = self.supervised_hidden(batch)
+        return chunked_cross_entropy(hidden, targets, self.hf_model().get_output_embeddings(), chunk)
+
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        self._step_losses.append(out.loss.detach())
-        return out.loss
+        loss = self.loss(batch)
+        self._step_losses.append(loss.detach())
+        return loss
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Runs once per real optimizer step, after every micro-batch of gradient accumulation.
         if self._step_losses:
-            self.log("train/loss", torch.stack(self._step_losses).mean(), on_step=True, prog_bar=True)
+            # sync_dist: the mean over ranks (each rank's loss is the mean over its share of the global batch)
+            self.log("train/loss", torch.stack(self._step_losses).mean(), on_step=True, prog_bar=True, sync_dist=True)
             self._step_losses.clear()
         self.log("train/lr", float(optimizer.param_groups[0]["lr"]), on_step=True)
 
@@ -187,7 +225,11 @@ class QwenLoRAModule(pl.LightningModule):
         return self.tokenizer.batch_decode(out[:, prompt.shape[1] :], skip_special_tokens=True)
 
     def _eval_step(self, metrics: EvalMetrics, batch: dict[str, Any]) -> None:
-        metrics.update_tokens(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        if self.hparams.loss_chunk_tokens is None:
+            metrics.update_tokens(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        else:  # logits only where there is an answer token
+            hidden, targets = self.supervised_hidden(batch)
+            metrics.update_selected(self.hf_model().get_output_embeddings()(hidden), targets)
         if self.hparams.eval_generate:
             metrics.exact_match.update(self.generate_answers(batch), batch["answers"])
 
@@ -251,26 +293,35 @@ class QwenLoRAModule(pl.LightningModule):
         """
         return Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Save the adapter (PEFT format) or, in full fine-tuning, the whole model, plus the tokenizer."""
+    def save_pretrained(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """Save the adapter (PEFT format) or, in full fine-tuning, the whole model, plus the tokenizer.
+
+        ``state_dict``: this module's full (unsharded) state dict, when the parameters themselves are shards (FSDP);
+        default: the parameters as they are.
+        """
+        inner = None
+        if state_dict is not None:  # keys of self.model's own state dict
+            inner = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
         with atomic_directory(directory) as staging:
             if self.initial_factors is not None:
                 save_base_relative_adapter(
                     staging, self.model, ADAPTER_NAME, self.initial_factors,
-                    self.hparams.model_name_or_path, self.hparams.initializer["class_path"],
+                    self.hparams.model_name_or_path, self.hparams.initializer["class_path"], inner,
                 )  # fmt: skip
             else:
-                self.model.save_pretrained(staging)
+                self.model.save_pretrained(staging, state_dict=inner)
             self.tokenizer.save_pretrained(staging)
         return Path(directory)
 
     @override
     def on_train_end(self) -> None:
         # on_train_end runs while the strategy (and its process group) is still up; on_fit_end runs after teardown.
-        # trainer.log_dir is a collective under DDP: every rank asks, rank zero writes.
+        # trainer.log_dir is a collective under DDP: every rank asks, rank zero writes. The strategy's state dict is
+        # a collective under FSDP (full tensors gathered to rank zero) and the module's own state dict otherwise.
         target = self.run_dir() / ("adapter" if self.lora_settings else "model")
+        state = self.trainer.strategy.lightning_module_state_dict()
         if self.trainer.is_global_zero:
-            self.save_pretrained(target)
+            self.save_pretrained(target, state)
             print(f"saved {target.name} to {target}")
         self.trainer.strategy.barrier()
 

@@ -13,7 +13,9 @@ from svdlora_pl.data import QADataModule
 from svdlora_pl.model import QwenLoRAModule
 from svdlora_pl.tiny import TINY_MODEL
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+CONFIG_ROOT = Path(__file__).parents[1] / "configs"
+ALL_CONFIGS = sorted(CONFIG_ROOT.rglob("*.yaml"))
+CONFIGS = [p for p in ALL_CONFIGS if p.parent.name != "experiment"]  # `svdlora fit` configs (and overlays)
 # Runs every config on this machine: the tiny model instead of a hub name, CPU and fp32 instead of GPU/bf16.
 CPU_TINY = [
     f"--model.model_name_or_path={TINY_MODEL}",
@@ -28,14 +30,21 @@ def test_configs_exist():
     assert {p.name for p in CONFIGS} >= {"tiny.yaml", "qwen2.5-math-7b-32gb.yaml"}
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_ROOT)))
 def test_config_starts_with_the_command_that_runs_it(config):
     first = config.read_text().splitlines()[0]
-    assert first.startswith("# svdlora ") and f"configs/{config.relative_to(config.parents[0])}" in first
+    assert first.startswith("# svdlora ") and f"-c configs/{config.relative_to(CONFIG_ROOT)}" in first
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_ROOT)))
 def test_config_parses_and_instantiates(config, tmp_path):
+    if "FSDPStrategy" in config.read_text():  # parses (wrap policies included); Lightning's FSDP needs CUDA
+        with pytest.raises(ValueError, match="requires a GPU accelerator"):
+            SvdloraCLI(
+                QwenLoRAModule, QADataModule, args=["-c", str(config), *CPU_TINY], run=False,
+                auto_configure_optimizers=False,
+            )  # fmt: skip
+        return
     cli = SvdloraCLI(
         QwenLoRAModule,
         QADataModule,
