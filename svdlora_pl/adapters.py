@@ -217,7 +217,10 @@ def read_adapter(path: str | os.PathLike[str]) -> LoRAAdapter:
     if not directory.is_dir():
         raise InputError(f"{directory}: no such adapter directory")
     config = _read_config(directory)
-    grouped = _group_factors(directory / WEIGHTS_NAME, _read_tensors(directory))
+    from svdlora_pl.spectral import cpu_threads
+
+    with cpu_threads(1):  # finiteness checks over memory-mapped pages: two threads only contend on busy cores
+        grouped = _group_factors(directory / WEIGHTS_NAME, _read_tensors(directory))
     modules = {module: _module_factors(directory, config, module, parts) for module, parts in sorted(grouped.items())}
     return LoRAAdapter(path=directory, config=config, modules=modules)
 

@@ -1,7 +1,8 @@
 """Atomic file output: nothing half-written is ever left at a destination path.
 
 Files are written to a temporary sibling and renamed over the destination (``os.replace`` is atomic on
-POSIX and Windows); directories are filled under a temporary sibling name and renamed into place.
+POSIX and Windows), whole (:func:`atomic_write_bytes`) or streamed (:func:`atomic_file`); directories are filled
+under a temporary sibling name and renamed into place.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 def _umask() -> int:
@@ -20,20 +22,31 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory, then rename."""
+@contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Yield a binary file open on a temporary sibling of ``path``; on success it is renamed over ``path``.
+
+    For output written in pieces (streamed, never held whole in memory). On an error the temporary file is removed
+    and ``path`` keeps its old content.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, staging = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
         os.chmod(staging, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(staging, target)
     except BaseException:
         Path(staging).unlink(missing_ok=True)
         raise
-    return target
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same directory, then rename."""
+    with atomic_file(path) as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -57,7 +57,7 @@ from svdlora_pl.delta_svd import (
 )
 from svdlora_pl.errors import InputError
 from svdlora_pl.io import atomic_directory
-from svdlora_pl.spectral import FactoredSVD, factored_svdvals
+from svdlora_pl.spectral import FactoredSVD, cpu_threads, svdvals_of_modules
 from svdlora_pl.teacher import DEFAULT_DECAY, save_synthesized, synthesize_adapter
 from svdlora_pl.tool_args import ToolParser, check_output_dir
 from svdlora_pl.weight_deltas import PROGRESS_MIN_ELEMENTS, WeightPair, open_pair
@@ -274,13 +274,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if options is not None:
         return run_full(args, options)
     check_output_dir(args.output_dir, [args.adapter], args.overwrite)
-    adapter = read_adapter(args.adapter)
-    factors = {m: (f.B, f.A, f.scaling) for m, f in adapter.modules.items()}
-    try:
-        svds, energies = synthesize_adapter(factors, args.target_rank, args.noise_scale, args.decay, args.seed)
-    except InputError as error:
-        raise InputError(f"{args.adapter}: {error}") from None
-    lora_spectra = {m: factored_svdvals(B, A, s).cpu().numpy() for m, (B, A, s) in factors.items()}
+    with cpu_threads(1):  # per-module checks and small factorizations: threads only contend (see cpu_threads)
+        adapter = read_adapter(args.adapter)
+        factors = {m: (f.B, f.A, f.scaling) for m, f in adapter.modules.items()}
+        try:
+            svds, energies = synthesize_adapter(factors, args.target_rank, args.noise_scale, args.decay, args.seed)
+        except InputError as error:
+            raise InputError(f"{args.adapter}: {error}") from None
+        lora_spectra = {m: S.cpu().numpy() for m, S in svdvals_of_modules(factors).items()}
     report = build_report({m: f.shape for m, f in adapter.modules.items()}, energies, _provenance(args, adapter))
     _write(args, svds, report, lora_spectra)
     return report

@@ -11,8 +11,13 @@ teacher of rank R (``target_rank``, r ≤ R ≤ min(m, n)) is built in three ste
 
    so the first added value is 0.905·σ_r and, for 16 → 64, the last is σ_r·e^{−4.8} ≈ 0.008·σ_r.
 2. **Bases.** Complete U_r with R − r random orthonormal columns orthogonal to it: draw a Gaussian m×(R−r)
-   matrix G, project out U_r twice (G ← G − U_r·U_rᵀ·G; the second pass removes rounding), take the Q of its
-   reduced QR. Same for V_r (n×(R−r)). Call the completed bases U_R (m×R), V_R (n×R) and the spectrum S_R.
+   matrix G (sampled in float32, torch's vectorized sampler, then used in float64), project out U_r,
+   G' = G − U_r·P with P = U_rᵀ·G, and orthonormalize G' by Cholesky QR: G'ᵀG' = GᵀG − PᵀP = L·Lᵀ and
+   U⊥ = G'·L⁻ᵀ. U⊥ is never formed: a product [U_r | U⊥]·W is computed as U_r·(W₁ − P·L⁻ᵀW₂) + G·(L⁻ᵀW₂), one
+   pass over the m rows. Cholesky QR is exact to rounding when ‖G‖₂/σ_min(G') ≤ 100 (a Gaussian G with
+   m ≫ R − r gives 1-3); otherwise (nearly square completions) G is projected twice (classical Gram-Schmidt,
+   the second pass removes rounding) and orthonormalized by Householder QR, and U⊥ is formed. Same for V_r
+   (n×(R−r)). Call the completed bases U_R (m×R), V_R (n×R) and the spectrum S_R.
 3. **Noise, inside the span.** Draw a Gaussian R×R matrix G_E and rescale it to the calibrated energy::
 
        E = G_E · (noise_scale · ‖ΔW_lora‖_F / ‖G_E‖_F),   so  ‖E‖_F² = noise_scale² · ‖ΔW_lora‖_F²  exactly,
@@ -51,14 +56,14 @@ import torch
 from torch import Tensor
 
 from svdlora_pl.errors import InputError
-from svdlora_pl.factors import safetensors_bytes
-from svdlora_pl.io import atomic_write_bytes
-from svdlora_pl.spectral import FactoredSVD, Scale, factored_svd
+from svdlora_pl.factors import write_safetensors
+from svdlora_pl.spectral import FactoredSVD, Scale, cpu_threads, factored_svd
 
 DEFAULT_DECAY = 0.1
 """Default exponential decay rate of the appended tail per index: σ_{r+j} = σ_r·exp(−0.1·j)."""
 
 _F64 = torch.float64
+_CHOLESKY_MAX_COND = 100.0  # largest ‖G‖₂/σ_min(G') completed by Cholesky QR (orthogonality loss ~ cond²·ε₆₄)
 
 
 class Synthesis(NamedTuple):
@@ -77,14 +82,40 @@ def _rank_tol(m: int, n: int, top: float) -> float:
     return max(m, n) * torch.finfo(_F64).eps * top
 
 
-def _complete(Q: Tensor, extra: int, generator: torch.Generator) -> Tensor:
+class _Completion(NamedTuple):
+    """The basis [Q | Q⊥] (d×R): Q⊥ = (G − Q·P)·L⁻ᵀ by Cholesky QR (never formed), or Q⊥ = G when L is None."""
+
+    Q: Tensor
+    G: Tensor
+    P: Tensor | None
+    L: Tensor | None
+
+    def times(self, W: Tensor) -> Tensor:
+        """[Q | Q⊥]·W for W (R×c), without forming Q⊥: Q·(W₁ − P·L⁻ᵀW₂) + G·(L⁻ᵀW₂)."""
+        r = self.Q.shape[1]
+        W1, W2 = W[:r], W[r:]
+        if self.L is not None and self.P is not None:
+            W2 = torch.linalg.solve_triangular(self.L.mT, W2, upper=True)
+            W1 = W1 - self.P @ W2
+        return (self.Q @ W1).addmm_(self.G, W2)
+
+
+def _complete(Q: Tensor, extra: int, generator: torch.Generator) -> _Completion:
     """[Q | Q⊥]: Q (d×r, orthonormal columns) completed with ``extra`` random orthonormal columns orthogonal to Q."""
     if extra == 0:
-        return Q
-    G = torch.randn(Q.shape[0], extra, generator=generator, dtype=_F64).to(Q.device)
+        return _Completion(Q, Q.new_zeros(Q.shape[0], 0), None, None)
+    G = torch.randn(Q.shape[0], extra, generator=generator, dtype=torch.float32).to(dtype=_F64, device=Q.device)
+    P = Q.mT @ G
+    gram = G.mT @ G
+    reduced = gram - P.mT @ P  # G'ᵀG' for G' = G − Q·P
+    top, low = float(torch.linalg.eigvalsh(gram)[-1]), float(torch.linalg.eigvalsh(reduced)[0])
+    if top <= _CHOLESKY_MAX_COND**2 * low:  # rounding in the Gram matrices is u·‖G‖², amplified by 1/σ_min(G')²
+        L, info = torch.linalg.cholesky_ex(reduced)
+        if int(info) == 0:
+            return _Completion(Q, G, P, L)
     for _ in range(2):  # classical Gram-Schmidt twice: orthogonality to rounding (~1e-16)
         G = G - Q @ (Q.mT @ G)
-    return torch.cat([Q, torch.linalg.qr(G, mode="reduced").Q], dim=1)
+    return _Completion(Q, torch.linalg.qr(G, mode="reduced").Q, None, None)
 
 
 def _check_params(target_rank: int, noise_scale: float, decay: float, where: str) -> int:
@@ -157,10 +188,11 @@ def synthesize_module(
     if noise_scale > 0:
         E = G_E * (noise_scale * math.sqrt(kept_energy) / float(torch.linalg.matrix_norm(G_E)))
         U_c, S, Vh_c = torch.linalg.svd(torch.diag(S_R) + E)
-        svd = FactoredSVD(U_R @ U_c, S, V_R @ Vh_c.mT)
+        svd = FactoredSVD(U_R.times(U_c), S, V_R.times(Vh_c.mT))
         noise_energy = float(torch.linalg.matrix_norm(E)) ** 2
     else:
-        svd = FactoredSVD(U_R, S_R, V_R)
+        identity = torch.eye(target_rank, dtype=_F64, device=kept.device)
+        svd = FactoredSVD(U_R.times(identity), S_R, V_R.times(identity))
         noise_energy = 0.0
     if not float(svd.S[-1]) > _rank_tol(m, n, float(svd.S[0])):
         raise InputError(
@@ -195,21 +227,29 @@ def synthesize_adapter(
 
     Module i (0-based, in the given order) draws from its own CPU generator seeded with
     :func:`module_seed` ``(seed, i)``, so the result depends only on the inputs, the order and ``seed`` (not on the
-    global RNG). See :func:`synthesize_module` for the arguments and the construction.
+    global RNG). See :func:`synthesize_module` for the arguments and the construction. Runs on one intra-op thread
+    (:func:`svdlora_pl.spectral.cpu_threads`): many small factorizations gain nothing from threads, and lose much on
+    busy cores.
 
     Returns:
-        ``(svds, energies)``: ``{module: FactoredSVD}`` (float64) and ``{module: energy split}``.
+        ``(svds, energies)``: ``{module: FactoredSVD}`` and ``{module: energy split}``. Each module's triple is
+        computed in float64 and kept in the dtype of its factors, at least float32 (float32 for float32, bfloat16 or
+        float16 factors, float64 for float64 factors): the float32 file :func:`save_synthesized` writes loses nothing
+        to it, and a 7B adapter's teacher holds half the memory.
     """
     if not factors:
         raise InputError("no LoRA modules to synthesize from")
     svds: dict[str, FactoredSVD] = {}
     energies: dict[str, dict[str, float]] = {}
-    for index, (module, (B, A, scale)) in enumerate(factors.items()):
-        generator = torch.Generator().manual_seed(module_seed(seed, index))
-        result = synthesize_module(
-            B, A, scale, target_rank, noise_scale=noise_scale, decay=decay, generator=generator, name=module
-        )
-        svds[module], energies[module] = result.svd, result.energy
+    with cpu_threads(1):
+        for index, (module, (B, A, scale)) in enumerate(factors.items()):
+            generator = torch.Generator().manual_seed(module_seed(seed, index))
+            result = synthesize_module(
+                B, A, scale, target_rank, noise_scale=noise_scale, decay=decay, generator=generator, name=module
+            )
+            dtype = torch.promote_types(torch.promote_types(B.dtype, A.dtype), torch.float32)
+            svds[module] = FactoredSVD(*(t.to(dtype) for t in (result.svd.U, result.svd.S, result.svd.V)))
+            energies[module] = result.energy
     return svds, energies
 
 
@@ -219,7 +259,8 @@ def save_synthesized(
     """Write ``{module: FactoredSVD}`` as ``<module>.U`` (out×R), ``<module>.S`` (R), ``<module>.V`` (in×R), float32.
 
     Written atomically with string ``metadata`` in the safetensors header; ΔW = U·diag(S)·Vᵀ, and
-    :func:`svdlora_pl.factors.load_factors` reads it back as ``{module: (B = U·diag(S), A = Vᵀ)}``.
+    :func:`svdlora_pl.factors.load_factors` reads it back as ``{module: (B = U·diag(S), A = Vᵀ)}``. The file is
+    streamed (:func:`svdlora_pl.factors.write_safetensors`), one tensor converted at a time: no copy of the whole.
     """
     if not svds:
         raise InputError(f"{path}: no modules to save")
@@ -228,7 +269,6 @@ def save_synthesized(
         U, S, V = svd.U, svd.S, svd.V
         if U.ndim != 2 or S.ndim != 1 or V.ndim != 2 or not U.shape[1] == S.shape[0] == V.shape[1]:
             raise InputError(f"{module}: U {_shape(U)}, S {_shape(S)}, V {_shape(V)} are not out×R, R, in×R")
-        for part, t in (("U", U), ("S", S), ("V", V)):
-            tensors[f"{module}.{part}"] = t.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        tensors.update({f"{module}.U": U, f"{module}.S": S, f"{module}.V": V})
     header = {str(key): str(value) for key, value in (metadata or {}).items()}
-    return atomic_write_bytes(path, safetensors_bytes(tensors, header))
+    return write_safetensors(path, tensors, header, dtype=torch.float32)

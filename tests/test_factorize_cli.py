@@ -389,3 +389,77 @@ def test_full_finetune_bad_input_exits_2_with_one_line_and_no_output(delta, full
     assert len(err) == 1 and err[0].startswith("svdlora: error:") and needle in err[0], err
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+# ---------------------------------------------------------------- the Cholesky QR path (gram_svd)
+def svd_form(m: int, n: int, s: list[float], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, A) = (U·diag(S), Vᵀ) in float32, as load_factors gives an SVD-form file (rounded U, V)."""
+    gen = torch.Generator().manual_seed(seed)
+    U, V = orthonormal(m, len(s), gen), orthonormal(n, len(s), gen)
+    return (U * torch.tensor(s, dtype=torch.float64)).float(), V.T.contiguous().float()
+
+
+def random_lora(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen) / n**0.5
+
+
+@pytest.mark.parametrize(
+    ("B", "A", "scale"),
+    [
+        (*svd_form(300, 200, [10.0 * 0.8**i for i in range(24)], seed=0), 1.0),
+        (*random_lora(120, 90, 8, seed=1), 2.5),
+        (*random_lora(16, 40, 16, seed=2), 0.5),  # k = out: square B
+    ],
+)
+def test_gram_svd_equals_the_dense_float64_svd(B, A, scale):
+    from svdlora_pl.factorize_cli import gram_svd
+
+    dense = scale * (B.double() @ A.double()).numpy()
+    U0, S0, V0t = np.linalg.svd(dense, full_matrices=False)
+    result = gram_svd(B, A, scale, rank=5)
+    assert result is not None
+    svd, S = result
+    k = B.shape[1]
+    np.testing.assert_allclose(S.numpy(), S0[:k], rtol=1e-12, atol=1e-13 * S0[0])
+    assert svd.U.shape == (B.shape[0], 5) and svd.V.shape == (A.shape[1], 5) and torch.equal(svd.S, S[:5])
+    np.testing.assert_allclose((svd.U.T @ svd.U).numpy(), np.eye(5), atol=1e-13)
+    np.testing.assert_allclose((svd.V.T @ svd.V).numpy(), np.eye(5), atol=1e-13)
+    np.testing.assert_allclose(svd.dense().numpy(), (U0[:, :5] * S0[:5]) @ V0t[:5], atol=1e-12 * S0[0])
+
+
+def test_gram_svd_declines_what_cholesky_qr_cannot_do_exactly():
+    from svdlora_pl.factorize_cli import gram_svd
+
+    B, A = random_lora(60, 50, 4, seed=3)
+    near = B.clone()
+    near[:, 3] = B[:, 2] + 1e-4 * B[:, 3]  # columns 2 and 3 nearly parallel: κ(B·D) ≈ 2e4
+    assert gram_svd(near, A, 1.0, 2) is None
+    assert gram_svd(B.double(), A.double(), 1.0, 2) is not None
+    assert gram_svd(torch.zeros_like(B), A, 1.0, 2) is None
+    assert gram_svd(B, A.clone().fill_(float("nan")), 1.0, 2) is None
+    assert gram_svd(B, A, float("inf"), 2) is None
+    assert gram_svd(B[:3], A, 1.0, 2) is None  # k = 4 > out = 3
+
+
+def test_factorize_gives_the_same_factors_and_analysis_by_either_qr(monkeypatch):
+    from svdlora_pl import factorize_cli
+
+    modules = {
+        "svd_form": (*svd_form(80, 60, [5.0, 3.0, 2.0, 1.0, 0.5, 0.1], seed=4), 1.0),
+        "lora": (*random_lora(70, 50, 6, seed=5), 2.0),
+        "float64": tuple(t.double() for t in random_lora(30, 20, 4, seed=6)) + (0.5,),
+    }
+    assert all(factorize_cli.gram_svd(B, A, s, 3) is not None for B, A, s in modules.values())
+    fast, fast_analysis = factorize_cli.factorize(modules, 3, "sqrt")
+    monkeypatch.setattr(factorize_cli, "gram_svd", lambda *args: None)
+    slow, slow_analysis = factorize_cli.factorize(modules, 3, "sqrt")
+    for name in modules:
+        (Bf, Af), (Bs, As) = fast[name], slow[name]
+        assert Bf.dtype == Bs.dtype == modules[name][0].dtype and Bf.shape == Bs.shape and Af.shape == As.shape
+        np.testing.assert_allclose((Bf.double() @ Af.double()).numpy(), (Bs.double() @ As.double()).numpy(), atol=1e-6)
+        for key in ("energy_ratio", "relative_error", "effective_rank"):
+            assert fast_analysis[name][key] == pytest.approx(slow_analysis[name][key], rel=1e-12, abs=1e-14)
+        assert fast_analysis[name]["singular_values"] == pytest.approx(
+            slow_analysis[name]["singular_values"], rel=1e-12
+        )

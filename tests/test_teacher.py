@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from svdlora_pl import teacher
 from svdlora_pl.errors import InputError
-from svdlora_pl.factors import load_factors
+from svdlora_pl.factors import load_factors, safetensors_bytes
 from svdlora_pl.spectral import FactoredSVD
 from svdlora_pl.teacher import (
     DEFAULT_DECAY,
@@ -202,3 +203,83 @@ def test_adapter_and_save_errors(tmp_path) -> None:
     with pytest.raises(InputError, match="no modules"):
         save_synthesized(tmp_path / "x.safetensors", {})
     assert not list(tmp_path.iterdir())
+
+
+def orthonormal(rows: int, cols: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.linalg.qr(torch.randn(rows, cols, generator=g, dtype=torch.float64)).Q
+
+
+@pytest.mark.parametrize(("d", "extra"), [(200, 12), (40, 8), (24, 20)])
+def test_cholesky_and_householder_completions_agree(monkeypatch: pytest.MonkeyPatch, d: int, extra: int) -> None:
+    Q = orthonormal(d, 4, seed=d)
+    W = torch.eye(4 + extra, dtype=torch.float64)
+    fast = teacher._complete(Q, extra, torch.Generator().manual_seed(1))
+    assert fast.L is not None  # these draws are well conditioned: Cholesky QR (κ ≤ 100), even the square one
+    monkeypatch.setattr(teacher, "_CHOLESKY_MAX_COND", 0.0)
+    slow = teacher._complete(Q, extra, torch.Generator().manual_seed(1))
+    assert slow.L is None
+    for basis in (fast.times(W).numpy(), slow.times(W).numpy()):
+        np.testing.assert_allclose(basis.T @ basis, np.eye(4 + extra), atol=1e-12)
+        np.testing.assert_array_equal(basis[:, :4], Q.numpy())
+    # the same draw G: both orthonormalize G − Q·QᵀG, so the columns agree up to sign (the QR's R diagonal)
+    np.testing.assert_allclose(np.abs(fast.times(W).numpy()), np.abs(slow.times(W).numpy()), atol=1e-12)
+    # products with any W equal the explicit basis times W
+    M = torch.randn(4 + extra, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    np.testing.assert_allclose(fast.times(M).numpy(), fast.times(W).numpy() @ M.numpy(), atol=1e-12)
+
+
+def test_householder_fallback_gives_a_true_svd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(teacher, "_CHOLESKY_MAX_COND", 0.0)
+    B, A = lora()
+    result = synth(B=B, A=A, noise_scale=0.2)
+    assert_true_svd(result.svd, M, N, R_TARGET)
+    truncated = synth(B=B, A=A).svd
+    np.testing.assert_allclose(
+        ((truncated.U[:, :R_LORA] * truncated.S[:R_LORA]) @ truncated.V[:, :R_LORA].T).numpy(),
+        dense_lora(B, A),
+        atol=1e-10,
+    )
+
+
+@pytest.mark.parametrize(
+    ("dtype", "kept"), [(torch.float32, torch.float32), (torch.bfloat16, torch.float32), (torch.float64, torch.float64)]
+)
+def test_synthesize_adapter_keeps_the_factor_dtype(dtype: torch.dtype, kept: torch.dtype) -> None:
+    B, A = lora()
+    factors = {"model.layers.0.mlp.up_proj": (B.to(dtype), A.to(dtype), SCALE)}
+    svds, _ = synthesize_adapter(factors, R_TARGET, noise_scale=0.1, seed=5)
+    alone = synthesize_module(
+        B.to(dtype), A.to(dtype), SCALE, R_TARGET, generator=torch.Generator().manual_seed(module_seed(5, 0))
+    ).svd
+    svd = svds["model.layers.0.mlp.up_proj"]
+    for got, full in ((svd.U, alone.U), (svd.S, alone.S), (svd.V, alone.V)):
+        assert got.dtype == kept and full.dtype == torch.float64
+        assert torch.equal(got, full.to(kept))
+
+
+def test_synthesize_adapter_runs_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    original = teacher.synthesize_module
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(teacher, "synthesize_module", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        synthesize_adapter({f"layer.{i}": (*lora(seed=i), 1.0) for i in range(2)}, R_TARGET)
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_saved_bytes_are_the_canonical_float32_serialization(tmp_path) -> None:
+    factors = {"model.layers.0.mlp.up_proj": (*lora(), SCALE), "model.layers.0.mlp.down_proj": (*lora(1, 30, 40), 1.0)}
+    svds, _ = synthesize_adapter(factors, R_TARGET, seed=0)  # float64 factors: kept in float64, written as float32
+    metadata = {"seed": "0", "rank": "12"}
+    path = save_synthesized(tmp_path / "t.safetensors", svds, metadata)
+    tensors = {f"{m}.{p}": getattr(svd, p).float() for m, svd in svds.items() for p in "USV"}
+    assert path.read_bytes() == safetensors_bytes(tensors, metadata)
