@@ -1,17 +1,28 @@
-"""The embedded default model: a tiny ``Qwen2ForCausalLM`` and its byte-level BPE tokenizer.
+"""The embedded default model: a tiny pretrained ``Qwen2ForCausalLM`` and its byte-level BPE tokenizer.
 
 Everything in the package runs offline on a laptop CPU against this model. It is the real Qwen2
-architecture (grouped-query attention, biased q/k/v projections, SwiGLU MLP, RMSNorm, RoPE) at a tiny size,
-with seeded random weights, and a byte-level BPE tokenizer trained with the ``tokenizers`` library on the
-bundled probability QA data, carrying Qwen's special tokens (``<|endoftext|>``, ``<|im_start|>``,
-``<|im_end|>``) and a ChatML chat template.
+architecture (grouped-query attention, biased q/k/v projections, SwiGLU MLP, RMSNorm, RoPE) at a tiny size.
+Its byte-level BPE tokenizer is trained with the ``tokenizers`` library on the bundled pretraining corpus
+and the bundled probability QA data, and carries Qwen's special tokens (``<|endoftext|>``, ``<|im_start|>``,
+``<|im_end|>``) and a ChatML chat template. The weights start from a fixed seed and are then pretrained
+(:mod:`svdlora_pl.tiny_pretrain`, :data:`PRETRAIN`) on the bundled corpus of expository English about
+numbers, fractions, counting and sets (:mod:`svdlora_pl.datasets.corpus`), which is not the QA task: LoRA
+then fine-tunes a model that already knows the language, as the low-rank view of fine-tuning assumes.
 
 The model is referred to by the name :data:`TINY_MODEL`; :func:`resolve_model_path` turns that name into a
-directory holding a standard ``save_pretrained`` checkpoint (built on first use, then cached), so the tiny
-model goes through exactly the same ``from_pretrained`` path as a hub model or a local directory.
+directory holding a standard ``save_pretrained`` checkpoint (built on first use, about a minute on 2 CPU
+cores, then cached), so the tiny model goes through exactly the same ``from_pretrained`` path as a hub model
+or a local directory. The directory also holds ``svdlora_tiny.json``, the recipe it was built from and the
+losses the pretraining reached.
 
 Cache location: ``$SVDLORA_CACHE`` if set, else ``~/.cache/svdlora_pl``. The cache entry's name carries a
 hash of everything the build depends on, so a changed recipe never reuses a stale entry.
+
+Usage::
+
+    from svdlora_pl.tiny import TINY_MODEL, resolve_model_path
+
+    path = resolve_model_path(TINY_MODEL)  # builds once, then returns the cached directory
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -26,6 +38,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+
+from svdlora_pl.io import atomic_write_text
+from svdlora_pl.tiny_pretrain import PretrainSettings, pretrain
+
+log = logging.getLogger(__name__)
 
 TINY_MODEL = "svdlora:tiny-qwen2"
 """Name that selects the embedded tiny model wherever a model name or path is accepted."""
@@ -65,7 +82,13 @@ MODEL_CONFIG: dict[str, object] = {
     "initializer_range": 0.02,
 }
 SEED = 0
-_RECIPE_VERSION = 1
+PRETRAIN = PretrainSettings()
+"""How the seeded tiny model is pretrained on the bundled corpus before it is cached."""
+BUILD_SECONDS = 30
+"""Approximate one-time build time on 2 CPU cores, shown to the user when the build starts."""
+RECIPE_FILENAME = "svdlora_tiny.json"
+"""Written next to the checkpoint: how the cached tiny model was made (recipe, corpus size, losses)."""
+_RECIPE_VERSION = 2  # bump whenever the build code changes what it produces
 
 
 def cache_root() -> Path:
@@ -73,8 +96,15 @@ def cache_root() -> Path:
     return Path(os.environ.get("SVDLORA_CACHE", Path.home() / ".cache" / "svdlora_pl"))
 
 
-def _corpus() -> Iterator[str]:
-    """Text the tokenizer is trained on: every bundled QA record (questions and worked answers)."""
+def _pretrain_corpus() -> tuple[list[str], list[str]]:
+    """The bundled pretraining corpus: ``(train, heldout)`` paragraphs."""
+    from svdlora_pl.datasets.corpus import CORPUS_HELDOUT, CORPUS_TRAIN, read_paragraphs
+
+    return read_paragraphs(CORPUS_TRAIN), read_paragraphs(CORPUS_HELDOUT)
+
+
+def _qa_texts() -> Iterator[str]:
+    """Every bundled QA record's question and worked answer."""
     from svdlora_pl.datasets import BUNDLED_TRAIN, BUNDLED_VAL
 
     for path in (BUNDLED_TRAIN, BUNDLED_VAL):
@@ -84,18 +114,25 @@ def _corpus() -> Iterator[str]:
             yield record["answer"]
 
 
+def _corpus() -> Iterator[str]:
+    """Text the tokenizer is trained on: the pretraining corpus (train part) and every bundled QA record."""
+    yield from _pretrain_corpus()[0]
+    yield from _qa_texts()
+
+
 @functools.lru_cache(maxsize=1)
 def _recipe_hash() -> str:
     """Hash of everything the build depends on; computed once per process (the inputs are package files)."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([_RECIPE_VERSION, MODEL_CONFIG, SEED, SPECIAL_TOKENS, CHATML_TEMPLATE]).encode())
-    for text in _corpus():
-        digest.update(text.encode())
+    recipe = [_RECIPE_VERSION, MODEL_CONFIG, SEED, SPECIAL_TOKENS, CHATML_TEMPLATE, PRETRAIN.to_dict()]
+    digest.update(json.dumps(recipe).encode())
+    for part in (*_pretrain_corpus(), list(_qa_texts())):
+        digest.update(json.dumps(part).encode())  # each part framed, so text cannot move between parts
     return digest.hexdigest()[:12]
 
 
 def build_tokenizer():  # -> transformers.PreTrainedTokenizerFast
-    """Train the byte-level BPE tokenizer on the bundled corpus (deterministic) and wrap it for transformers."""
+    """Train the byte-level BPE tokenizer on the bundled corpus and QA data (deterministic); wrap it for transformers."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -150,12 +187,58 @@ def build_model(tokenizer):  # -> transformers.Qwen2ForCausalLM
     return model
 
 
-def build_tiny(directory: Path) -> None:
-    """Build the tokenizer and model and save both, ``save_pretrained``-style, into ``directory``."""
+def build_tiny(directory: Path, settings: PretrainSettings = PRETRAIN) -> None:
+    """Build the tokenizer, pretrain the seeded model, and save both plus :data:`RECIPE_FILENAME`.
+
+    Args:
+        directory: Existing empty directory to save into (``save_pretrained`` layout).
+        settings: Pretraining hyper-parameters (the cached model uses :data:`PRETRAIN`).
+    """
+    import transformers
+
     tokenizer = build_tokenizer()
     model = build_model(tokenizer)
+    train, heldout = _pretrain_corpus()
+    result = pretrain(model, tokenizer, train, heldout, settings)
+    log.info(
+        "pretrained the tiny model in %.0f s: train loss %.3f -> %.3f, held-out perplexity %.1f -> %.2f",
+        result.seconds,
+        result.initial_loss,
+        result.final_loss,
+        result.heldout_perplexity_before,
+        result.heldout_perplexity_after,
+    )
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    recipe = {
+        "name": TINY_MODEL,
+        "recipe_version": _RECIPE_VERSION,
+        "seed": SEED,
+        "model_config": MODEL_CONFIG,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "tokenizer_trained_on": ["corpus_train.txt", "probability_train.jsonl", "probability_val.jsonl"],
+        "corpus": {
+            "train_file": "corpus_train.txt",
+            "train_paragraphs": len(train),
+            "train_bytes": sum(len(p.encode()) + 1 for p in train),
+            "train_tokens": result.train_blocks * settings.seq_len,
+            "heldout_file": "corpus_heldout.txt",
+            "heldout_paragraphs": len(heldout),
+        },
+        "pretraining": settings.to_dict(),
+        "result": {
+            "steps": result.steps,
+            "tokens_seen": result.tokens_seen,
+            "initial_train_loss": round(result.initial_loss, 4),
+            "final_train_loss": round(result.final_loss, 4),
+            "heldout_loss_before": round(result.heldout_loss_before, 4),
+            "heldout_loss_after": round(result.heldout_loss_after, 4),
+            "heldout_perplexity_before": round(result.heldout_perplexity_before, 2),
+            "heldout_perplexity_after": round(result.heldout_perplexity_after, 3),
+        },
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+    atomic_write_text(directory / RECIPE_FILENAME, json.dumps(recipe, indent=2) + "\n")
 
 
 def tiny_model_dir() -> Path:
@@ -164,6 +247,7 @@ def tiny_model_dir() -> Path:
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("building the tiny model (one-time, ~%d s on 2 CPU cores) into %s", BUILD_SECONDS, target)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=target.parent))
     try:
         build_tiny(staging)

@@ -238,10 +238,10 @@ def test_eval_split_drops_samples_whose_prompt_does_not_fit(tmp_path):
     turns = [("user", "Q?"), ("assistant", "A."), ("user", "word " * 40), ("assistant", "B.")]
     record = {"messages": [{"role": role, "content": content} for role, content in turns]}
     path = write_jsonl(tmp_path / "len.jsonl", [record, QA])
-    # at 60 tokens the first assistant turn fits but the last prompt does not: fine for training, not for eval
-    train = setup_split(path, max_length=60, overlong="truncate").stats["train"]
+    # at 80 tokens the first assistant turn fits but the last prompt does not: fine for training, not for eval
+    train = setup_split(path, max_length=80, overlong="truncate").stats["train"]
     assert (train.samples, train.truncated, train.dropped) == (2, 1, 0)
-    val = setup_split(path, split="val", max_length=60, overlong="truncate").stats["val"]
+    val = setup_split(path, split="val", max_length=80, overlong="truncate").stats["val"]
     assert (val.samples, val.truncated, val.dropped) == (1, 1, 1)
 
 

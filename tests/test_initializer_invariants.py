@@ -154,9 +154,10 @@ def test_residual_in_bfloat16_keeps_the_output_to_bf16_rounding(base: torch.nn.M
     expected = logits(bf16).float()
     model = wrap_with_lora(copy.deepcopy(bf16), SETTINGS, PiSSAInit(), "tiny").eval()
     difference = (logits(model).float() - expected).abs().max().item()
-    # Measured (r=16, 4×64 tokens of the tiny model, logits |x| <= 1.42): max 0.0117, mean 0.0015, the bf16 rounding
-    # of the stored W − s·B·A; without the subtraction the change would be the whole principal part of W.
-    assert difference <= 0.05
+    # Measured (r=4, 2×12 tokens of the pretrained tiny model, logits |x| <= 12.7): max 0.0625 (one bf16 step at that
+    # size), mean 0.009, the bf16 rounding of the stored W − s·B·A; without the subtraction the change would be the
+    # whole principal part of W (measured 3.49). The bound is two bf16 steps of the largest logit.
+    assert difference <= 2 * torch.finfo(torch.bfloat16).eps * expected.abs().max().item()
 
 
 def test_load_from_checkpoint_rebuilds_the_residual_base(tmp_path: Path) -> None:

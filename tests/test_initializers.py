@@ -88,7 +88,9 @@ def test_initializer_starts_at_base_model(base: torch.nn.Module, cls: type[LoRAI
         assert factors and all(torch.all(t == 0) for n, t in factors.items() if "lora_B" in n)
     with torch.no_grad():
         logits = model(input_ids=ids).logits
-    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-6)
+    # fp32 rounding of a rewritten base weight (residual schemes) scales with the logits: about 5 ulp of the largest
+    # (measured 6.7e-6 at |logits| <= 12.7 on the pretrained tiny model)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-6 * max(1.0, expected.abs().max().item()))
 
 
 def test_wrap_freezes_base_and_applies_scaling(base: torch.nn.Module) -> None:

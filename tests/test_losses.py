@@ -45,7 +45,10 @@ def test_chunked_loss_and_gradients_equal_the_model_loss(batch: dict, chunk: int
     hook.remove()
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=0)
     for name, grad in lora_grads(module).items():
-        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-7, msg=name)
+        # summation order differs per chunk: float32 noise relative to each tensor's scale (measured <= 3e-6 with
+        # chunk=1 on the pretrained tiny model), so atol follows the tensor's largest entry
+        scale = expected[name].abs().max().item()
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=max(1e-7, 1e-5 * scale), msg=name)
     supervised = int((batch["labels"][:, 1:] != -100).sum())
     assert max(rows) == min(chunk, supervised)  # never more than one chunk of logits
     assert sum(rows) == 2 * supervised  # forward, then the recompute in backward
