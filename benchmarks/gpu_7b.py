@@ -69,23 +69,13 @@ from typing import Any
 
 import torch
 
+from svdlora_pl import memory_plan
 from svdlora_pl.callbacks.memory_monitor import current_rss_bytes, peak_rss_bytes
 from svdlora_pl.spectral import cpu_threads
 
 GIB = float(1 << 30)
 PRESETS: dict[str, dict[str, Any]] = {
-    "qwen2.5-7b": {  # https://huggingface.co/Qwen/Qwen2.5-7B/blob/main/config.json
-        "hidden_size": 3584,
-        "intermediate_size": 18944,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 28,
-        "num_key_value_heads": 4,
-        "vocab_size": 152064,
-        "max_position_embeddings": 32768,
-        "rope_theta": 1e6,
-        "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": False,
-    },
+    "qwen2.5-7b": {k: v for k, v in memory_plan.PRESETS["qwen2.5-7b"].items() if k != "model_type"},
     "tiny": {  # the same architecture, small enough for a CPU smoke test
         "hidden_size": 64,
         "intermediate_size": 176,
