@@ -10,7 +10,7 @@ numbers, fractions, counting and sets (:mod:`svdlora_pl.datasets.corpus`), which
 then fine-tunes a model that already knows the language, as the low-rank view of fine-tuning assumes.
 
 The model is referred to by the name :data:`TINY_MODEL`; :func:`resolve_model_path` turns that name into a
-directory holding a standard ``save_pretrained`` checkpoint (built on first use, about a minute on 2 CPU
+directory holding a standard ``save_pretrained`` checkpoint (built on first use, about 20 s on 2 quiet CPU
 cores, then cached), so the tiny model goes through exactly the same ``from_pretrained`` path as a hub model
 or a local directory. The directory also holds ``svdlora_tiny.json``, the recipe it was built from and the
 losses the pretraining reached.
@@ -199,7 +199,12 @@ def build_tiny(directory: Path, settings: PretrainSettings = PRETRAIN) -> None:
     tokenizer = build_tokenizer()
     model = build_model(tokenizer)
     train, heldout = _pretrain_corpus()
-    result = pretrain(model, tokenizer, train, heldout, settings)
+    from svdlora_pl.spectral import cpu_threads
+
+    # One thread: small matmuls gain little from a second one, and two threads crawl when the cores are busy
+    # (measured 47 s on one thread against 490 s on two, on 2 cores shared with other jobs).
+    with cpu_threads(1):
+        result = pretrain(model, tokenizer, train, heldout, settings)
     log.info(
         "pretrained the tiny model in %.0f s: train loss %.3f -> %.3f, held-out perplexity %.1f -> %.2f",
         result.seconds,
