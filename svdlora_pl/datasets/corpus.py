@@ -1,8 +1,10 @@
 """Deterministic generator for the bundled pretraining corpus of the embedded tiny model.
 
 The corpus is plain expository English about numbers, arithmetic, fractions, counting, sets and simple
-everyday facts (days, coins, dice, cards, bags of marbles): the vocabulary the probability QA answers use,
-but written as prose paragraphs. It holds no questions, no question/answer pairs, no chat markup and none
+everyday facts (days, money, games, coins, dice, cards, bags of marbles, screening tests): the vocabulary
+the probability QA answers use, but written as prose paragraphs. The sentences come from
+:mod:`svdlora_pl.datasets.corpus_topics`; a paragraph is a random selection of one topic's sentences in random
+order, sometimes followed by a sentence or two of another topic. It holds no questions, no question/answer pairs, no chat markup and none
 of the QA dataset's sentence templates, so pretraining on it teaches the language, not the task.
 
 Files: one paragraph per line, UTF-8, ending with a newline. ``corpus_train.txt`` is what the tiny model is
