@@ -64,14 +64,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return comparison
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``svdlora compare``; bad input raises InputError (``svdlora`` prints it and exits 2)."""
-    args = build_parser().parse_args(None if argv is None else list(argv))
-    comparison = run(args)
+def print_summary(comparison: dict[str, Any], where: object) -> None:
+    """Print where the comparison went and each run's gains against the first run."""
     first = comparison["reference_run"]
-    print(
-        f"wrote {args.output_dir} ({len(comparison['runs'])} runs, target loss {comparison['target_loss']['value']:.4g})"
-    )
+    print(f"wrote {where} ({len(comparison['runs'])} runs, target loss {comparison['target_loss']['value']:.4g})")
     for label, gains in comparison["improvement_pct"].items():
         parts = [
             f"{name} {'n/a' if gains[key] is None else f'{gains[key]:+.1f}%'}"
@@ -82,4 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         ]
         print(f"{label} vs {first}: " + ", ".join(parts))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``svdlora compare``; bad input raises InputError (``svdlora`` prints it and exits 2)."""
+    args = build_parser().parse_args(None if argv is None else list(argv))
+    print_summary(run(args), args.output_dir)
     return 0

@@ -205,10 +205,12 @@ def step_compare(layout: Layout) -> None:
     staging = layout.results / ".comparison-staging"
     shutil.rmtree(staging, ignore_errors=True)
     runs = [str(log_dir(layout.run_root("random"))), str(log_dir(layout.run_root("svd")))]
-    compare_cli.main([*runs, "--labels", "random", "svd", "--output-dir", str(staging)])
+    args = compare_cli.build_parser().parse_args([*runs, "--labels", "random", "svd", "--output-dir", str(staging)])
+    comparison = compare_cli.run(args)
     for name in (*COMPARISON_FILES, REPORT):
         (staging / name).replace(layout.results / name)
     shutil.rmtree(staging, ignore_errors=True)
+    compare_cli.print_summary(comparison, layout.results)
 
 
 @dataclass(frozen=True)

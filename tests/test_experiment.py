@@ -56,6 +56,7 @@ def test_quick_experiment_writes_every_deliverable_and_resumes(tmp_path: Path, c
         assert (out / name).is_file(), name
     summary = capsys.readouterr().out
     assert "circular" in summary and "initial train loss (random -> svd)" in summary
+    assert f"wrote {out / 'training_results'} (2 runs" in summary and "staging" not in summary
     comparison = json.loads((out / "training_results/comparison.json").read_text())
     svd = next(run for run in comparison["runs"] if run["label"] == "svd")
     assert svd["provenance"]["circular_with"] == "random"
