@@ -117,6 +117,11 @@ def format_report(comparison: dict[str, Any]) -> str:
                 "expected by construction, not evidence for SVD initialization; a full fine-tune teacher is the "
                 "non-circular test."
             )
+        elif r["provenance"]["teacher_kind"] == "full_finetune":
+            lines.append(
+                f"Note: {r['label']}'s teacher is a full fine-tune whose own training steps are not on this step "
+                "axis; compare with a random-init run given those steps too before crediting the initialization."
+            )
     return "\n".join(lines) + "\n"
 
 

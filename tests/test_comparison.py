@@ -24,6 +24,7 @@ from svdlora_pl.comparison import (
     tail_mean,
     trapezoid_area,
 )
+from svdlora_pl.comparison_report import format_report
 from svdlora_pl.errors import InputError
 
 STEPS = [1, 2, 3, 4, 5]
@@ -242,6 +243,9 @@ def test_provenance_full_finetune_relative_paths_and_direct_adapter(tmp_path, tw
     assert info["teacher"] == "ft/delta.safetensors"
     assert info["teacher_file"] == str(tmp_path / "ft" / "delta.safetensors")
     assert "teacher from a full fine-tune" in info["summary"] and "not circular" in info["summary"]
+    report = format_report(build_comparison(load_runs([random, svd], ["random", "svd"])))
+    assert "Note: svd's teacher is a full fine-tune whose own training steps are not on this step axis" in report
+    assert "expected by construction" not in report
 
     factor_file(
         tmp_path / "svd_results" / "g.safetensors", {"source": str(random / "adapter"), "source_kind": "adapter"}
