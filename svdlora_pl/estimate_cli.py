@@ -433,6 +433,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _logits_shape(setup: dict[str, Any]) -> str:
+    chunk = setup.get("loss_chunk_tokens")
+    rows = "B·T" if chunk is None else f"min({chunk}, B·T)"
+    return f"{rows}·V, inside the next row"
+
+
 def _logits_detail(setup: dict[str, Any]) -> str:
     chunk = setup.get("loss_chunk_tokens")
     if chunk is None:
@@ -465,7 +471,7 @@ def format_table(report: dict[str, Any]) -> str:
         ("activations, gradient checkpointing", plan.activations_checkpointed, f"layer inputs{used[ckpt]}"),
         ("activations, no checkpointing", plan.activations_full, f"every saved tensor{used[not ckpt]}"),
         ("  of which autocast weight copies", plan.autocast_copies, "counted in the activations"),
-        (f"logits ({setup['autocast_dtype'] or setup['base_dtype']})", plan.logits, "B·T·V, inside the next row"),
+        (f"logits ({setup['autocast_dtype'] or setup['base_dtype']})", plan.logits, _logits_shape(setup)),
         ("logits + loss peak", plan.logits_peak, _logits_detail(setup)),
     ]
     if ckpt:

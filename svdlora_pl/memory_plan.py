@@ -391,9 +391,14 @@ def outside_activations(arch: Architecture, setup: TrainingSetup, output_require
     return saved
 
 
-def logits_bytes(micro_batch: int, seq_len: int, vocab: int, dtype: str) -> int:
-    """The logits tensor itself: B·T·V elements."""
-    return micro_batch * seq_len * vocab * nbytes(dtype)
+def _logit_rows(micro_batch: int, seq_len: int, chunk: int | None) -> int:
+    """Rows of logits alive at once: N = B·T, or one chunk of min(chunk, N) rows of the chunked loss."""
+    return micro_batch * seq_len if chunk is None else min(chunk, micro_batch * seq_len)
+
+
+def logits_bytes(micro_batch: int, seq_len: int, vocab: int, dtype: str, chunk: int | None = None) -> int:
+    """The logits tensor itself: R·V elements, R = B·T rows or one chunk of the chunked loss."""
+    return _logit_rows(micro_batch, seq_len, chunk) * vocab * nbytes(dtype)
 
 
 def logits_peak_bytes(micro_batch: int, seq_len: int, vocab: int, dtype: str, chunk: int | None = None) -> int:
@@ -401,8 +406,7 @@ def logits_peak_bytes(micro_batch: int, seq_len: int, vocab: int, dtype: str, ch
     c = nbytes(dtype)
     forward = c + (4 if c != 4 else 0) + 4  # logits, their float32 copy, the saved log-softmax
     backward = 12  # saved log-softmax, its incoming gradient, the float32 gradient of the logits
-    rows = micro_batch * seq_len if chunk is None else min(chunk, micro_batch * seq_len)
-    return rows * vocab * max(forward, backward)
+    return _logit_rows(micro_batch, seq_len, chunk) * vocab * max(forward, backward)
 
 
 def activations(arch: Architecture, setup: TrainingSetup) -> tuple[int, int, int, dict[str, int]]:
@@ -499,7 +503,7 @@ def plan_memory(arch: Architecture, counts: ParameterCounts, setup: TrainingSetu
         activations_full=act_full,
         layer_recompute=recompute,
         backward_workspace=workspace,
-        logits=logits_bytes(setup.micro_batch, setup.seq_len, arch.vocab, setup.compute_dtype),
+        logits=logits_bytes(setup.micro_batch, setup.seq_len, arch.vocab, setup.compute_dtype, setup.loss_chunk_tokens),
         logits_peak=logits_peak,
         optimizer_step_temp=step_temp,
         peak_checkpointed=peak_ckpt,

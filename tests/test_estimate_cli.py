@@ -58,7 +58,7 @@ def test_reference_config_fits_32_gb(reference):
     assert plan["base_weights"] == {"bfloat16": 7_615_616_512 * 2}
     assert plan["optimizer_states"] == 2 * 4 * 40_370_176  # AdamW: two float32 states per LoRA parameter
     assert setup["loss_chunk_tokens"] == 256  # chunked loss: one 256-row chunk of float32 logits and gradients
-    assert plan["logits"] == 1024 * 152064 * 2 and plan["logits_peak"] == 12 * 256 * 152064
+    assert plan["logits"] == 256 * 152064 * 2 and plan["logits_peak"] == 12 * 256 * 152064
     assert plan["activations_checkpointed"] < plan["activations_full"]
     assert report["largest_micro_batch"] >= 1 and report["largest_max_length"] == 4096  # the model's context
     for expected in ("fits in 32.00 GB", "activations, no checkpointing", "logits + loss peak", "master weights"):
@@ -107,7 +107,9 @@ def test_knobs_change_the_plan(tmp_path):
     assert no_ckpt["plan"]["total"] > base["plan"]["total"]
     assert no_ckpt["plan"]["total"] == pytest.approx(base["plan"]["peak_full"] * 1.1 + 2**30, rel=1e-6)
     longer = total("longer", data={"max_length": 2048})
-    assert longer["plan"]["logits"] == 2 * base["plan"]["logits"]
+    assert longer["plan"]["logits"] == base["plan"]["logits"] == 256 * 152064 * 2  # one chunk: not B·T·V
+    full_loss = total("full_loss", model={"loss_chunk_tokens": None})
+    assert full_loss["plan"]["logits"] == 1024 * 152064 * 2
     ddp = total("ddp", trainer={"devices": 2, "strategy": "ddp"})
     assert ddp["plan"]["ddp_buckets"] == base["plan"]["gradients"]
     assert any("full replica" in note for note in ddp["notes"])

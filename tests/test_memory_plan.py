@@ -188,6 +188,8 @@ def test_padded_micro_batch_repeats_kv_and_saves_the_mask():
 def test_logits_bytes_and_peak():
     assert logits_bytes(2, 3, 32, "bfloat16") == 2 * 3 * 32 * 2
     assert logits_bytes(2, 3, 32, "float32") == 2 * 3 * 32 * 4
+    assert logits_bytes(2, 3, 32, "bfloat16", chunk=4) == 4 * 32 * 2  # one chunk of the chunked loss
+    assert logits_bytes(2, 3, 32, "bfloat16", chunk=100) == 2 * 3 * 32 * 2
     assert logits_peak_bytes(2, 3, 32, "bfloat16") == 12 * 2 * 3 * 32  # backward: 3 float32 tensors of B·T·V
     assert logits_peak_bytes(2, 3, 32, "float32") == 12 * 2 * 3 * 32
     assert logits_peak_bytes(2, 3, 32, "bfloat16", chunk=4) == 12 * 4 * 32  # one chunk of the chunked loss
