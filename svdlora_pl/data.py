@@ -231,6 +231,24 @@ class EpochShuffleSampler(DistributedSampler):
         return self.num_samples
 
 
+def rank_shard(loader: DataLoader, rank: int, world_size: int) -> DataLoader:
+    """``loader`` over positions ``rank``, ``rank + world_size``, … of its dataset, in order and unpadded.
+
+    Every sample is seen by exactly one rank, so sum-reduced metrics (torchmetrics' ``MeanMetric``) synced over the
+    ranks equal one process over the whole dataset. The loader itself when ``world_size`` is 1.
+    """
+    if world_size == 1:
+        return loader
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=range(rank, len(loader.dataset), world_size),
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+        generator=loader.generator,
+    )
+
+
 class QADataModule(LightningDataModule):
     """Chat-templated, prompt-masked QA data from JSON/JSONL files (default: the bundled probability QA set).
 

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import move_data_to_device
 from typing_extensions import override
 
 from svdlora_pl.answers import answers_match, extract_final_answer
+from svdlora_pl.data import rank_shard
 from svdlora_pl.errors import InputError
 from svdlora_pl.initializers import LoRAInitializer, RandomInit, from_spec
 from svdlora_pl.io import atomic_directory, atomic_write_text
@@ -146,6 +147,7 @@ class QwenLoRAModule(pl.LightningModule):
         loader = datamodule.val_dataloader() if datamodule is not None else None
         if not loader or self.trainer.limit_val_batches == 0:
             return
+        loader = rank_shard(loader, self.trainer.global_rank, self.trainer.world_size)  # synced metrics: exact
         limit = self.trainer.limit_val_batches
         batches = limit if isinstance(limit, int) else max(1, int(len(loader) * limit))
         devices = [self.device] if self.device.type == "cuda" else []

@@ -367,3 +367,15 @@ def test_template_that_is_not_prefix_stable_is_rejected(tiny_tokenizer):
     tokenizer.name_or_path = "my-tokenizer"
     with pytest.raises(InputError, match="tokenizer my-tokenizer: chat template is not prefix-stable.*rec 5"):
         render_segments(tokenizer, CHAT["messages"], "rec 5")
+
+
+def test_rank_shard_splits_without_padding():
+    from torch.utils.data import DataLoader
+
+    from svdlora_pl.data import rank_shard
+
+    loader = DataLoader(list(range(7)), batch_size=2, collate_fn=list)
+    assert rank_shard(loader, 0, 1) is loader
+    shards = [[x for batch in rank_shard(loader, rank, 3) for x in batch] for rank in range(3)]
+    assert shards == [[0, 3, 6], [1, 4], [2, 5]]  # disjoint, in order, nothing repeated to even them out
+    assert [len(batch) for batch in rank_shard(loader, 0, 3)] == [2, 1]
