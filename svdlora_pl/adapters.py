@@ -91,12 +91,14 @@ def lora_scaling(r: int, alpha: float, use_rslora: bool) -> float:
 
 def module_rank_alpha(config: Mapping[str, Any], module: str) -> tuple[int, float]:
     """(r, alpha) that PEFT gives ``module``: the first matching ``rank_pattern``/``alpha_pattern`` key wins."""
-    from peft.utils.other import get_pattern_key
-
     rank_pattern = config.get("rank_pattern") or {}
     alpha_pattern = config.get("alpha_pattern") or {}
-    r = rank_pattern.get(get_pattern_key(list(rank_pattern), module), config["r"])
-    alpha = alpha_pattern.get(get_pattern_key(list(alpha_pattern), module), config["lora_alpha"])
+    r, alpha = config["r"], config["lora_alpha"]
+    if rank_pattern or alpha_pattern:  # peft's import costs about a second: only when a pattern needs matching
+        from peft.utils.other import get_pattern_key
+
+        r = rank_pattern.get(get_pattern_key(list(rank_pattern), module), r)
+        alpha = alpha_pattern.get(get_pattern_key(list(alpha_pattern), module), alpha)
     return int(r), float(alpha)
 
 
