@@ -449,18 +449,8 @@ def row_numbers(
     return numbers
 
 
-def row_cells(
-    row: dict[str, float] | None,
-    shape: Shape,
-    seq_len: int,
-    ckpt: bool,
-    peak: float | None,
-    plan: float | None,
-    cuda: bool,
-    chunked: bool = False,
-) -> dict[str, str]:
-    """MFU, HFU, plan and measured/plan of a row as printed ("—" where not measured)."""
-    numbers = row_numbers(row, shape, seq_len, ckpt, peak, plan, cuda, chunked)
+def row_cells(numbers: dict[str, float | None], plan: float | None) -> dict[str, str]:
+    """:func:`row_numbers` and the plan of a row as printed ("—" where not measured)."""
     mfu, hfu, ratio = numbers["mfu"], numbers["hfu"], numbers["ratio"]
     return {
         "mfu": "—" if mfu is None else f"{mfu:.1%}",
@@ -648,9 +638,8 @@ def run(args: argparse.Namespace) -> int:
                 row = measure_row(model, batch, args, mixed)
                 plan = planner(batch_size, seq_len, ckpt) if planner else None
                 measured[(batch_size, seq_len, ckpt)] = row["tok_s"] if row else None
-                cells = row_cells(row, shape, seq_len, ckpt, peak, plan, cuda, chunk > 0)
-                print(format_row(batch_size, seq_len, ckpt, row, cells), flush=True)
                 numbers = row_numbers(row, shape, seq_len, ckpt, peak, plan, cuda, chunk > 0)
+                print(format_row(batch_size, seq_len, ckpt, row, row_cells(numbers, plan)), flush=True)
                 records.append(row_record(batch_size, seq_len, ckpt, row, numbers, plan, cuda))
                 write_json(args.json, metadata, records)
     print(

@@ -86,18 +86,16 @@ def test_flops_per_token_by_hand(bench: ModuleType) -> None:
 def test_row_cells_mfu_and_ratio(bench: ModuleType) -> None:
     shape = bench.Shape(frozen=1000, head=100, lora=10, layers=2, attention=8)
     row = {"mem1": 3.0, "mem2": 4.0, "s_step": 1.0, "tok_s": 1e9}
+
+    def cells(row, cuda=True, chunked=False):
+        return bench.row_cells(bench.row_numbers(row, shape, 16, True, 10.0, 2.0, cuda, chunked), 2.0)
+
     # F = 4000 + 60 + 12·2·16·8 = 7132 FLOPs/token; recompute 1800 + 20 + 1024 = 2844
-    cells = bench.row_cells(row, shape, 16, True, peak=10.0, plan=2.0, cuda=True)
-    assert cells == {"mfu": "71.3%", "hfu": "99.8%", "plan": "2", "ratio": "1.500"}
-    chunked = bench.row_cells(row, shape, 16, True, peak=10.0, plan=2.0, cuda=True, chunked=True)
+    assert cells(row) == {"mfu": "71.3%", "hfu": "99.8%", "plan": "2", "ratio": "1.500"}
+    chunked = cells(row, chunked=True)
     assert chunked["mfu"] == "71.3%" and chunked["hfu"] == "101.8%"  # + 2·100 FLOPs/token
-    assert bench.row_cells(row, shape, 16, True, peak=10.0, plan=2.0, cuda=False)["ratio"] == "—"
-    assert bench.row_cells(None, shape, 16, True, 10.0, 2.0, True) == {
-        "mfu": "—",
-        "hfu": "—",
-        "plan": "2",
-        "ratio": "—",
-    }
+    assert cells(row, cuda=False)["ratio"] == "—"
+    assert cells(None) == {"mfu": "—", "hfu": "—", "plan": "2", "ratio": "—"}
 
 
 @pytest.mark.parametrize(
