@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
+
+from svdlora_pl.callbacks.step_monitor import OptimizerStepCallback
 
 GIB = float(1 << 30)
 CUDA_KEYS = ("memory/peak_allocated_gib", "memory/peak_reserved_gib", "memory/allocated_gib")
@@ -58,7 +58,7 @@ def peak_rss_bytes() -> int | None:
     return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux and BSD
 
 
-class MemoryMonitor(Callback):
+class MemoryMonitor(OptimizerStepCallback):
     """Logs the memory of the training process every ``every_n_steps`` optimizer steps.
 
     Where the model runs on CUDA it reads PyTorch's caching allocator for that device; elsewhere (CPU, and also
@@ -89,12 +89,9 @@ class MemoryMonitor(Callback):
     """
 
     def __init__(self, every_n_steps: int = 10) -> None:
-        if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 1:
-            raise MisconfigurationException(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
-        self.every_n_steps = every_n_steps
+        super().__init__(every_n_steps)
         self.device: torch.device | None = None
         self.run_peak: dict[str, float] = {}
-        self._last_step = -1
 
     @property
     @override
@@ -119,24 +116,17 @@ class MemoryMonitor(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._last_step = trainer.global_step
+        super().on_train_start(trainer, pl_module)
         self.run_peak = {}
         if self.on_cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
 
     @override
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        step = trainer.global_step
-        if step == self._last_step:  # an accumulation micro-batch: no optimizer step happened
-            return
-        self._last_step = step
-        if step % self.every_n_steps == 0:
-            metrics = self.measure(trainer)
-            if trainer.is_global_zero:
-                for logger in trainer.loggers:
-                    logger.log_metrics(metrics, step=step)
+    def on_interval(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = self.measure(trainer)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

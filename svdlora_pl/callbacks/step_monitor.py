@@ -1,6 +1,7 @@
 """Shared mechanics of the LoRA monitors: act once every N optimizer steps, on rank zero, and log.
 
-A monitor subclasses :class:`LoRAStepMonitor` and implements :meth:`LoRAStepMonitor.measure`. The base
+:class:`OptimizerStepCallback` holds the interval logic (also used by the memory monitor); a LoRA monitor
+subclasses :class:`LoRAStepMonitor` and implements :meth:`LoRAStepMonitor.measure`. The base
 class finds the PEFT LoRA layers, refuses to run without a logger, skips the micro-batches of gradient
 accumulation (it acts when ``trainer.global_step`` has advanced, i.e. after a real optimizer step), computes
 on global rank zero only (DDP replicas hold identical LoRA weights, so nothing is gathered and no rank waits
@@ -21,7 +22,51 @@ from typing_extensions import override
 from svdlora_pl.lora_layers import LoRALayerRef, find_lora_layers
 
 
-class LoRAStepMonitor(Callback):
+class OptimizerStepCallback(Callback):
+    """Base class: calls :meth:`on_interval` after every ``every_n_steps``-th optimizer step.
+
+    Gradient-accumulation micro-batches do not count: it acts when ``trainer.global_step`` has advanced. A
+    subclass overriding ``on_train_start`` calls ``super().on_train_start``.
+
+    Args:
+        every_n_steps: Interval in optimizer steps.
+    """
+
+    def __init__(self, every_n_steps: int) -> None:
+        if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 1:
+            raise MisconfigurationException(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
+        self.every_n_steps = every_n_steps
+        self._last_step = -1
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_step = trainer.global_step
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if step == self._last_step:  # an accumulation micro-batch: no optimizer step happened
+            return
+        self._last_step = step
+        if step % self.every_n_steps == 0:
+            self.on_interval(trainer, pl_module)
+
+    def on_interval(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Act at ``trainer.global_step``, a multiple of ``every_n_steps``; implemented by subclasses."""
+        raise NotImplementedError
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_step": self._last_step}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._last_step = state_dict.get("last_step", -1)
+
+
+class LoRAStepMonitor(OptimizerStepCallback):
     """Base class: calls :meth:`measure` every ``every_n_steps`` optimizer steps and logs what it returns.
 
     Args:
@@ -30,12 +75,9 @@ class LoRAStepMonitor(Callback):
     """
 
     def __init__(self, every_n_steps: int = 50, adapter_name: str = "default") -> None:
-        if not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise MisconfigurationException(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
-        self.every_n_steps = every_n_steps
+        super().__init__(every_n_steps)
         self.adapter_name = adapter_name
         self.layers: list[LoRALayerRef] = []
-        self._last_step = -1
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -52,22 +94,12 @@ class LoRAStepMonitor(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._last_step = trainer.global_step
+        super().on_train_start(trainer, pl_module)
         if trainer.global_step == 0:  # the starting point: zero for PEFT's default init, the factors otherwise
-            self._measure_and_log(trainer, pl_module)
+            self.on_interval(trainer, pl_module)
 
     @override
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        step = trainer.global_step
-        if step == self._last_step:  # an accumulation micro-batch: no optimizer step happened
-            return
-        self._last_step = step
-        if step % self.every_n_steps == 0:
-            self._measure_and_log(trainer, pl_module)
-
-    def _measure_and_log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_interval(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             with torch.no_grad():
                 metrics = self.measure(trainer, pl_module)
@@ -94,14 +126,6 @@ class LoRAStepMonitor(Callback):
                 write_summary(logger.experiment, trainer.global_step, metrics, histograms or {})
             else:
                 logger.log_metrics(metrics, step=trainer.global_step)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"last_step": self._last_step}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._last_step = state_dict.get("last_step", -1)
 
 
 def write_summary(
