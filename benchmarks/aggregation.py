@@ -3,7 +3,7 @@
 Three clients with ranks 8, 16, 32 (alpha 16: scalings 2, 1, 0.5; weights ∝ data sizes 1, 2, 3) on Qwen2.5-7B
 module shapes, aggregated to rank R (default 32 = max r_k, PEFT's default):
 
-- ours: :func:`svdlora_pl.aggregation.svd` — QR of the stacked B (out×56) and Aᵀ (in×56), SVD of the 56×56 core,
+- ours: :func:`svdlora_pl.aggregation.rules.svd` — QR of the stacked B (out×56) and Aᵀ (in×56), SVD of the 56×56 core,
   split √Σ, plus its report (factored relative error, energy); float64 throughout.
 - dense reference: ΔW = Σ p_k s_k B_k A_k formed in float32 (the adapters' dtype), ``torch.linalg.svd`` with
   ``full_matrices=False`` (PEFT's default ``full_matrices=True`` is slower still), B = U_R·Σ_R, A = V_Rᵀ.
@@ -27,8 +27,8 @@ from collections.abc import Callable
 
 import torch
 
-from svdlora_pl.aggregation import LoRAFactors, normalize_weights, svd
-from svdlora_pl.spectral import cpu_threads
+from svdlora_pl.aggregation.rules import LoRAFactors, normalize_weights, svd
+from svdlora_pl.spectral.factored import cpu_threads
 
 SHAPES = {  # Qwen2.5-7B: hidden 3584, intermediate 18944, 4 KV heads × 128
     "q_proj/o_proj": (3584, 3584),

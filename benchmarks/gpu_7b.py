@@ -12,8 +12,8 @@ the CPU and any other preset stops with one line (the 7B shape is 30 GB in float
 The model is ``transformers.Qwen2ForCausalLM`` with Qwen2.5-7B's shape (hidden 3584, 28 layers, intermediate
 18944, 28 heads, 4 key/value heads, vocabulary 152064, untied embeddings, rope_theta 10⁶) and random weights
 (``initializer_range`` normal draws, seed 0), built directly on the device: nothing is downloaded. It is wrapped with
-LoRA r=16 on all 7 linear projections (:func:`svdlora_pl.lora.wrap_with_lora`, :class:`RandomInit`, dropout
-0.05, the defaults of :class:`svdlora_pl.lora.LoRASettings`); AdamW updates the LoRA factors (float32, PEFT's
+LoRA r=16 on all 7 linear projections (:func:`svdlora_pl.lora.settings.wrap_with_lora`, :class:`RandomInit`, dropout
+0.05, the defaults of :class:`svdlora_pl.lora.settings.LoRASettings`); AdamW updates the LoRA factors (float32, PEFT's
 ``autocast_adapter_dtype``). Under ``bf16-mixed`` (the CUDA default, like ``configs/qwen2.5-math-7b-32gb.yaml``)
 the frozen weights are bfloat16 and the forward and loss run under ``torch.autocast(dtype=torch.bfloat16)``, as
 Lightning's ``bf16-mixed`` does; ``32-true`` (the CPU default) is float32 without autocast.
@@ -21,8 +21,8 @@ Lightning's ``bf16-mixed`` does; ``32-true`` (the CPU default) is float32 withou
 One step is, in Lightning's order: forward with the loss, zero the gradients, backward, ``optimizer.step()``. The
 loss is :meth:`QwenLoRAModule.loss`'s: with ``--loss-chunk-tokens N`` (default 256, the 7B config's
 ``model.loss_chunk_tokens``) the decoder's hidden states at the supervised positions
-(:func:`svdlora_pl.losses.supervised_positions`), then ``lm_head`` and cross-entropy N rows at a time, each chunk
-recomputed in backward (:func:`svdlora_pl.losses.chunked_cross_entropy`); with 0, HF's causal-LM loss on
+(:func:`svdlora_pl.training.losses.supervised_positions`), then ``lm_head`` and cross-entropy N rows at a time, each chunk
+recomputed in backward (:func:`svdlora_pl.training.losses.chunked_cross_entropy`); with 0, HF's causal-LM loss on
 ``labels`` over the full (B, T, V) logits. Gradient checkpointing is switched on as :class:`QwenLoRAModule` does it
 (``gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})``, which also hooks the
 embedding so that its output requires grad); switching it off also removes that hook
@@ -65,7 +65,7 @@ Columns:
   overrides it). MFU and HFU are skipped without a known peak (e.g. on CPU), on a MIG slice (a fraction of the
   GPU), and under ``32-true`` (float32 matmuls are not measured against the bf16 peak) unless ``--peak-tflops``
   is given;
-* plan — the allocated peak predicted by :func:`svdlora_pl.memory_plan.plan_memory` for the same setup (loss chunk
+* plan — the allocated peak predicted by :func:`svdlora_pl.memory.plan.plan_memory` for the same setup (loss chunk
   included; without its CUDA context and allocator slack), and measured/plan (CUDA only: on CPU the RSS also
   holds the interpreter and its libraries).
 
@@ -97,11 +97,11 @@ from typing import Any
 
 import torch
 
-from svdlora_pl import memory_plan
 from svdlora_pl.callbacks.memory_monitor import current_rss_bytes, peak_rss_bytes
 from svdlora_pl.io import atomic_write_text
-from svdlora_pl.losses import chunked_cross_entropy, supervised_positions
-from svdlora_pl.spectral import cpu_threads
+from svdlora_pl.memory import plan as memory_plan
+from svdlora_pl.spectral.factored import cpu_threads
+from svdlora_pl.training.losses import chunked_cross_entropy, supervised_positions
 
 GIB = float(1 << 30)
 SEED = 0
@@ -262,8 +262,8 @@ def build_model(config: Any, device: torch.device, dtype: torch.dtype) -> tuple[
     """The randomly initialized causal LM on ``device`` in ``dtype``, LoRA-wrapped, and its :class:`Shape`."""
     from transformers import AutoModelForCausalLM
 
-    from svdlora_pl.initializers import RandomInit
-    from svdlora_pl.lora import LoRASettings, wrap_with_lora
+    from svdlora_pl.lora.initializers import RandomInit
+    from svdlora_pl.lora.settings import LoRASettings, wrap_with_lora
 
     with torch.device(device):
         base = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -397,11 +397,11 @@ def make_planner(
     config: Any, mixed: bool, accelerator: str, loss_chunk_tokens: int = 0
 ) -> tuple[Callable[[int, int, bool], float] | None, str]:
     """A function (micro-batch, length, checkpointing) -> allocated peak in GiB predicted by
-    :mod:`svdlora_pl.memory_plan` for this benchmark's setup (``loss_chunk_tokens`` 0: full logits), or None and
+    :mod:`svdlora_pl.memory.plan` for this benchmark's setup (``loss_chunk_tokens`` 0: full logits), or None and
     the reason the column is skipped."""
     try:
-        from svdlora_pl.lora import LoRASettings
-        from svdlora_pl.memory_plan import LoRASpec, TrainingSetup, count_parameters, plan_memory
+        from svdlora_pl.lora.settings import LoRASettings
+        from svdlora_pl.memory.plan import LoRASpec, TrainingSetup, count_parameters, plan_memory
 
         settings = LoRASettings(r=LORA_RANK)
         spec = LoRASpec(r=settings.r, dropout=settings.dropout, targets=tuple(settings.target_modules))
@@ -424,7 +424,7 @@ def make_planner(
 
         planned(1, 1, False)  # fail here, not in the table, if the API does not fit
     except (ImportError, AttributeError, TypeError, ValueError) as error:
-        return None, f"plan column skipped: svdlora_pl.memory_plan does not fit ({type(error).__name__}: {error})"
+        return None, f"plan column skipped: svdlora_pl.memory.plan does not fit ({type(error).__name__}: {error})"
     return planned, ""
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from svdlora_pl.spectral import cpu_threads, factored_svdvals, svdvals_of_modules
+from svdlora_pl.spectral.factored import cpu_threads, factored_svdvals, svdvals_of_modules
 
 # Qwen2.5-7B: hidden 3584, intermediate 18944, 28 heads of 128 with 4 key/value heads (k, v: 4·128 = 512 outputs).
 QWEN25_7B_MODULES = {
@@ -189,9 +189,9 @@ def tiny_fit_seconds(callbacks: list, steps: int) -> float:
         def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             self.seconds = time.perf_counter() - self.start
 
-    from svdlora_pl.data import QADataModule
-    from svdlora_pl.lora import LoRASettings
-    from svdlora_pl.model import QwenLoRAModule
+    from svdlora_pl.lora.settings import LoRASettings
+    from svdlora_pl.training.datamodule import QADataModule
+    from svdlora_pl.training.module import QwenLoRAModule
 
     pl.seed_everything(0, verbose=False)
     module = QwenLoRAModule(lora=LoRASettings(r=8, alpha=16, dropout=0.0), optimizer=torch.optim.AdamW)

@@ -11,15 +11,15 @@ Run (from the repository root, with the package installed)::
 
 Setup (not measured): a random rank-16 float32 adapter with the real shapes (out×in: q_proj and o_proj
 3584×3584, k_proj and v_proj 512×3584, gate_proj and up_proj 18944×3584, down_proj 3584×18944) is written with
-:func:`svdlora_pl.adapters.write_adapter` to ``--workdir`` (a temporary directory by default).
+:func:`svdlora_pl.lora.adapters.write_adapter` to ``--workdir`` (a temporary directory by default).
 
 Measured, each phase in a fresh Python process (``sys.executable`` running this file with ``--phase``), steps timed
 inside it:
 
-* **synthesize**: :func:`~svdlora_pl.adapters.read_adapter`, :func:`~svdlora_pl.teacher.synthesize_adapter` (rank
-  64, noise 0.1, decay 0.1: the ``svdlora synthesize`` defaults), :func:`~svdlora_pl.teacher.save_synthesized`;
-* **factorize**: :func:`~svdlora_pl.factors.load_factors` of the teacher, :func:`svdlora_pl.factorize_cli.factorize`
-  (rank 16, split sqrt), :func:`~svdlora_pl.factors.save_factors`.
+* **synthesize**: :func:`~svdlora_pl.lora.adapters.read_adapter`, :func:`~svdlora_pl.teacher.synthesis.synthesize_adapter` (rank
+  64, noise 0.1, decay 0.1: the ``svdlora synthesize`` defaults), :func:`~svdlora_pl.teacher.synthesis.save_synthesized`;
+* **factorize**: :func:`~svdlora_pl.lora.factor_files.load_factors` of the teacher, :func:`svdlora_pl.teacher.factorize.factorize`
+  (rank 16, split sqrt), :func:`~svdlora_pl.lora.factor_files.save_factors`.
 
 With ``--cli`` each phase is one step instead: the ``run()`` of ``svdlora synthesize`` / ``svdlora factorize`` on
 parsed arguments, reports and figures included.
@@ -126,11 +126,11 @@ def maxrss_bytes() -> int:
 
 # ---------------------------------------------------------------- the phases (run in a fresh process each)
 def _synthesize_steps(args: argparse.Namespace, p: dict[str, Path]) -> list[tuple[str, Callable[[Any], Any]]]:
-    from svdlora_pl.adapters import read_adapter
-    from svdlora_pl.teacher import save_synthesized, synthesize_adapter
+    from svdlora_pl.lora.adapters import read_adapter
+    from svdlora_pl.teacher.synthesis import save_synthesized, synthesize_adapter
 
     if args.cli:
-        from svdlora_pl import synthesize_cli
+        from svdlora_pl.teacher import synthesize as synthesize_cli
 
         argv = ["--adapter", str(p["adapter"]), "--target-rank", str(args.teacher_rank)]
         argv += ["--noise-scale", str(args.noise_scale), "--output-dir", str(p["teacher_dir"]), "--overwrite"]
@@ -150,8 +150,8 @@ def _synthesize_steps(args: argparse.Namespace, p: dict[str, Path]) -> list[tupl
 
 
 def _factorize_steps(args: argparse.Namespace, p: dict[str, Path]) -> list[tuple[str, Callable[[Any], Any]]]:
-    from svdlora_pl import factorize_cli
-    from svdlora_pl.factors import load_factors, save_factors
+    from svdlora_pl.lora.factor_files import load_factors, save_factors
+    from svdlora_pl.teacher import factorize as factorize_cli
 
     if args.cli:
         argv = ["--delta", str(p["teacher"]), "--rank", str(args.rank), "--output-dir", str(p["factors_dir"])]
@@ -209,8 +209,8 @@ def verify(p: dict[str, Path], expected_modules: int, teacher_rank: int, rank: i
     """Max over modules of max_{i≤rank} |σᵢ(B·A) − Sᵢ| / Sᵢ: exported factors vs the teacher file's S (factored)."""
     from safetensors.torch import load_file
 
-    from svdlora_pl.factors import load_factors
-    from svdlora_pl.spectral import cpu_threads, factored_svdvals
+    from svdlora_pl.lora.factor_files import load_factors
+    from svdlora_pl.spectral.factored import cpu_threads, factored_svdvals
 
     teacher = load_file(str(p["teacher"]))
     factors, _ = load_factors(p["factors"])
@@ -246,8 +246,8 @@ def dense_svd_seconds(W: torch.Tensor) -> float:
 
 def factored_module_seconds(B: torch.Tensor, A: torch.Tensor, scale: float, args: argparse.Namespace) -> float:
     """Best of 5: synthesize_module (rank R) and factorize (rank r) of one module, the factored per-module cost."""
-    from svdlora_pl.factorize_cli import factorize
-    from svdlora_pl.teacher import synthesize_module
+    from svdlora_pl.teacher.factorize import factorize
+    from svdlora_pl.teacher.synthesis import synthesize_module
 
     best = math.inf
     for _ in range(5):
@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def bench(args: argparse.Namespace, workdir: Path) -> bool:
     """Set up, run both phases, verify, compare with dense; prints the report, returns whether all targets pass."""
-    from svdlora_pl.adapters import write_adapter
+    from svdlora_pl.lora.adapters import write_adapter
 
     torch.set_num_threads(args.threads)  # for the dense comparison; each phase sets its own
     shapes = all_shapes(args)

@@ -1,4 +1,4 @@
-"""The seed notebook's three aggregation experiments, redone in PEFT's orientation with svdlora_pl.aggregation.
+"""The seed notebook's three aggregation experiments, redone in PEFT's orientation with svdlora_pl.aggregation.rules.
 
 Run: ``python examples/seed_notebook_experiments.py`` (CPU, a second).
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from svdlora_pl.aggregation import LoRAFactors, normalize_weights, stack, svd, zeropad
+from svdlora_pl.aggregation.rules import LoRAFactors, normalize_weights, stack, svd, zeropad
 
 OUT, IN = 10, 10
 CLIENT_RANKS = (3, 5, 8)

@@ -20,6 +20,6 @@ def tiny_tokenizer():
     """The embedded tiny model's tokenizer, loaded as a user would load it (``AutoTokenizer``)."""
     from transformers import AutoTokenizer
 
-    from svdlora_pl.tiny import TINY_MODEL, resolve_model_path
+    from svdlora_pl.embedded.tiny import TINY_MODEL, resolve_model_path
 
     return AutoTokenizer.from_pretrained(resolve_model_path(TINY_MODEL))

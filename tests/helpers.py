@@ -9,6 +9,9 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository root."""
+
 TEACHER_TARGETS = ["q_proj", "v_proj", "down_proj"]
 TINY_SHAPES = {"q_proj": (128, 128), "v_proj": (64, 128), "down_proj": (128, 352)}
 
@@ -42,7 +45,7 @@ def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 def teacher_file(tmp_path: Path, rank: int, seed: int = 0) -> tuple[Path, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """A random rank-``rank`` teacher ``{module: (B, A)}`` for TEACHER_TARGETS of the tiny model's 4 layers, saved."""
-    from svdlora_pl.factors import save_factors
+    from svdlora_pl.lora.factor_files import save_factors
 
     generator = torch.Generator().manual_seed(seed)
     factors = {}

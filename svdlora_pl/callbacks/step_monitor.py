@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
-from svdlora_pl.lora_layers import LoRALayerRef, find_lora_layers
+from svdlora_pl.lora.layers import LoRALayerRef, find_lora_layers
 
 
 class OptimizerStepCallback(Callback):

@@ -3,7 +3,7 @@
 
 Logs, during training, how close every LoRA update ΔW = scaling · B·A is to a teacher update given as a
 factor file (``svd_factors_rank{r}.safetensors`` or ``synthesized_delta_rank{R}.safetensors``, see
-:mod:`svdlora_pl.factors`): the relative Frobenius error and the alignment of their top singular subspaces,
+:mod:`svdlora_pl.lora.factor_files`): the relative Frobenius error and the alignment of their top singular subspaces,
 all computed in factored form.
 
 Enable it in any LightningCLI run::
@@ -28,9 +28,9 @@ from typing_extensions import override
 
 from svdlora_pl.callbacks.step_monitor import LoRAStepMonitor
 from svdlora_pl.errors import InputError
-from svdlora_pl.factors import factors_for_layers
-from svdlora_pl.lora_layers import short_name
-from svdlora_pl.spectral import (
+from svdlora_pl.lora.factor_files import factors_for_layers
+from svdlora_pl.lora.layers import short_name
+from svdlora_pl.spectral.factored import (
     FactoredSVD,
     factored_relative_error,
     factored_svd,

@@ -12,9 +12,9 @@ from helpers import make_trainer, read_scalars
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from svdlora_pl.callbacks import LoRASpectrumMonitor
-from svdlora_pl.data import QADataModule
-from svdlora_pl.lora import LoRASettings
-from svdlora_pl.model import QwenLoRAModule
+from svdlora_pl.lora.settings import LoRASettings
+from svdlora_pl.training.datamodule import QADataModule
+from svdlora_pl.training.module import QwenLoRAModule
 
 
 def tiny_module() -> QwenLoRAModule:

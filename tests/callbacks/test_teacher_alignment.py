@@ -10,12 +10,12 @@ import torch
 from helpers import make_trainer, read_scalars
 
 from svdlora_pl.callbacks import TeacherAlignmentMonitor
-from svdlora_pl.data import QADataModule
 from svdlora_pl.errors import InputError
-from svdlora_pl.factors import save_factors
-from svdlora_pl.lora import LoRASettings
-from svdlora_pl.lora_layers import find_lora_layers
-from svdlora_pl.model import QwenLoRAModule
+from svdlora_pl.lora.factor_files import save_factors
+from svdlora_pl.lora.layers import find_lora_layers
+from svdlora_pl.lora.settings import LoRASettings
+from svdlora_pl.training.datamodule import QADataModule
+from svdlora_pl.training.module import QwenLoRAModule
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""The memory plan of a training config on one device (``svdlora estimate-memory``)."""
