@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 
 from svdlora_pl.aggregation.rules import LoRAFactors, normalize_weights, svd
-from svdlora_pl.spectral.factored import cpu_threads
+from svdlora_pl.spectral import cpu_threads
 
 SHAPES = {  # Qwen2.5-7B: hidden 3584, intermediate 18944, 4 KV heads × 128
     "q_proj/o_proj": (3584, 3584),

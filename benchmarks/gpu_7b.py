@@ -100,7 +100,7 @@ import torch
 from svdlora_pl.callbacks.memory_monitor import current_rss_bytes, peak_rss_bytes
 from svdlora_pl.io import atomic_write_text
 from svdlora_pl.memory import plan as memory_plan
-from svdlora_pl.spectral.factored import cpu_threads
+from svdlora_pl.spectral import cpu_threads
 from svdlora_pl.training.losses import chunked_cross_entropy, supervised_positions
 
 GIB = float(1 << 30)

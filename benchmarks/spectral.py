@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from svdlora_pl.spectral.factored import cpu_threads, factored_svdvals, svdvals_of_modules
+from svdlora_pl.spectral import cpu_threads, factored_svdvals, svdvals_of_modules
 
 # Qwen2.5-7B: hidden 3584, intermediate 18944, 28 heads of 128 with 4 key/value heads (k, v: 4·128 = 512 outputs).
 QWEN25_7B_MODULES = {

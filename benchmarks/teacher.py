@@ -210,7 +210,7 @@ def verify(p: dict[str, Path], expected_modules: int, teacher_rank: int, rank: i
     from safetensors.torch import load_file
 
     from svdlora_pl.lora.factor_files import load_factors
-    from svdlora_pl.spectral.factored import cpu_threads, factored_svdvals
+    from svdlora_pl.spectral import cpu_threads, factored_svdvals
 
     teacher = load_file(str(p["teacher"]))
     factors, _ = load_factors(p["factors"])

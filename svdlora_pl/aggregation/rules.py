@@ -9,7 +9,7 @@ and the server's target is the exact weighted sum ΔW = Σ_k p_k·s_k·B_k·A_k.
 - :func:`stack` (FLoRA; PEFT's ``"cat"``): A = [p_1 s_1 A_1; …; p_K s_K A_K], B = [B_1, …, B_K], so
   B·A = ΔW exactly, at rank Σ r_k.
 - :func:`svd` (FlexLoRA; PEFT's ``"svd"``): the best rank-R approximation of ΔW (Eckart–Young), computed from the
-  stacked factors by :func:`svdlora_pl.spectral.factored.factored_svd` (QR of B and Aᵀ, SVD of a Σr_k × Σr_k core): ΔW is
+  stacked factors by :func:`svdlora_pl.spectral.factored_svd` (QR of B and Aᵀ, SVD of a Σr_k × Σr_k core): ΔW is
   never formed, O((out+in)·(Σr_k)²) instead of O(out·in·min(out, in)). Split B = U·√Σ, A = √Σ·Vᵀ (or B = U·Σ,
   A = Vᵀ). Sending client k its own rank r_k is ``svd(..., rank=r_k)``.
 - :func:`zeropad` (HetLoRA / FedIT): pad every A_k, B_k with zero rows/columns to r_max and average A and B
@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from svdlora_pl.errors import InputError
-from svdlora_pl.spectral.factored import (
+from svdlora_pl.spectral import (
     FactoredSVD,
     energy_ratio,
     factored_relative_error,
@@ -285,7 +285,7 @@ def svd(
 ) -> Aggregate:
     """Best rank-R approximation of ΔW = Σ_k p_k s_k B_k A_k (Eckart–Young), from factors only.
 
-    ΔW = U·Σ·Vᵀ by :func:`~svdlora_pl.spectral.factored.factored_svd` of the stacked factors; keep the top R = ``rank``
+    ΔW = U·Σ·Vᵀ by :func:`~svdlora_pl.spectral.factored_svd` of the stacked factors; keep the top R = ``rank``
     (default max r_k, as PEFT's ``"svd"``; clamped to min(out, in, Σ r_k)) triplets; ``split="sqrt"``:
     B = U_R·√Σ_R, A = √Σ_R·V_Rᵀ; ``split="B"``: B = U_R·Σ_R, A = V_Rᵀ (PEFT's ``"svd"`` convention).
     Relative error = √(Σ_{i>R} σᵢ²)/‖ΔW‖_F, the optimum.

@@ -29,7 +29,7 @@ from typing_extensions import override
 from svdlora_pl.callbacks.step_monitor import LoRAStepMonitor
 from svdlora_pl.lora.layers import short_name
 from svdlora_pl.plots import close_figures, energy_heatmap, spectra_plot
-from svdlora_pl.spectral.factored import spectrum_summary, svdvals_of_modules
+from svdlora_pl.spectral import spectrum_summary, svdvals_of_modules
 
 AGGREGATES = ("mean", "min", "max")
 

@@ -30,7 +30,7 @@ from svdlora_pl.callbacks.step_monitor import LoRAStepMonitor
 from svdlora_pl.errors import InputError
 from svdlora_pl.lora.factor_files import factors_for_layers
 from svdlora_pl.lora.layers import short_name
-from svdlora_pl.spectral.factored import (
+from svdlora_pl.spectral import (
     FactoredSVD,
     factored_relative_error,
     factored_svd,

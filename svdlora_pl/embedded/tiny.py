@@ -199,7 +199,7 @@ def build_tiny(directory: Path, settings: PretrainSettings = PRETRAIN) -> None:
     tokenizer = build_tokenizer()
     model = build_model(tokenizer)
     train, heldout = _pretrain_corpus()
-    from svdlora_pl.spectral.factored import cpu_threads
+    from svdlora_pl.spectral import cpu_threads
 
     # One thread: small matmuls gain little from a second one, and two threads crawl when the cores are busy
     # (measured 47 s on one thread against 490 s on two, on 2 cores shared with other jobs).

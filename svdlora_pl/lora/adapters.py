@@ -219,7 +219,7 @@ def read_adapter(path: str | os.PathLike[str]) -> LoRAAdapter:
     if not directory.is_dir():
         raise InputError(f"{directory}: no such adapter directory")
     config = _read_config(directory)
-    from svdlora_pl.spectral.factored import cpu_threads
+    from svdlora_pl.spectral import cpu_threads
 
     with cpu_threads(1):  # finiteness checks over memory-mapped pages: two threads only contend on busy cores
         grouped = _group_factors(directory / WEIGHTS_NAME, _read_tensors(directory))

@@ -27,7 +27,7 @@ import torch
 
 from svdlora_pl.errors import InputError
 from svdlora_pl.io import atomic_file
-from svdlora_pl.spectral.factored import cpu_threads
+from svdlora_pl.spectral import cpu_threads
 
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 LORA_KEYS = ("lora_A", "lora_B")

@@ -12,7 +12,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from svdlora_pl.spectral.factored import FactoredSVD, dense_svd, factored_svd, split_factors
+from svdlora_pl.spectral import FactoredSVD, dense_svd, factored_svd, split_factors
 
 Components = Literal["principal", "minor"]
 

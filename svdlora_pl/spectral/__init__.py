@@ -1,2 +1,35 @@
-"""The linear algebra of LoRA updates: exact SVD of ΔW = s·B·A from its factors, spectrum metrics, dense and
-randomized SVD, Cholesky QR, subspace angles. Torch only; nothing here forms an out×in matrix unless asked to."""
+"""The linear algebra of LoRA updates: exact SVD of ΔW = s·B·A from its factors (:mod:`.factored`), metrics of a
+spectrum (:mod:`.metrics`), dense and randomized SVD and factor splitting (:mod:`.dense`), Cholesky QR
+(:mod:`.cholesky`), thread control (:mod:`.threads`). Torch only; nothing here forms an out×in matrix unless given one.
+"""
+
+from svdlora_pl.spectral.dense import dense_svd, split_factors, truncate
+from svdlora_pl.spectral.factored import (
+    FactoredSVD,
+    Scale,
+    batched_factored_svdvals,
+    factored_inner,
+    factored_relative_error,
+    factored_svd,
+    factored_svdvals,
+    subspace_alignment,
+    subspace_cosines,
+    svdvals_of_modules,
+)
+from svdlora_pl.spectral.metrics import (
+    effective_rank,
+    energy_ratio,
+    frobenius_norm,
+    reconstruction_error,
+    spectral_norm,
+    spectrum_summary,
+    stable_rank,
+)
+from svdlora_pl.spectral.threads import cpu_threads
+
+__all__ = [
+    "FactoredSVD", "Scale", "batched_factored_svdvals", "cpu_threads", "dense_svd", "effective_rank", "energy_ratio",
+    "factored_inner", "factored_relative_error", "factored_svd", "factored_svdvals", "frobenius_norm",
+    "reconstruction_error", "spectral_norm", "spectrum_summary", "split_factors", "stable_rank", "subspace_alignment",
+    "subspace_cosines", "svdvals_of_modules", "truncate",
+]  # fmt: skip

@@ -4,13 +4,9 @@ Orientation (PEFT): for a Linear with weight W (m×n = out×in), A is r×n, B is
 B = Q_B·R_B and Aᵀ = Q_A·R_A, ΔW = Q_B·C·Q_Aᵀ with the small core C = s·R_B·R_Aᵀ (at most r×r): the thin SVD of ΔW is
 the SVD of C rotated back, O((m+n)·r²) flops instead of O(mn·min(m, n)) dense, exact up to rounding (float64 default).
 
-Metrics of a spectrum S (1-D, descending, non-negative; a k beyond len(S) is clamped) are Python floats, computed on
-S/σ₁ in float64 with exact summation, so tiny or huge updates neither under- nor overflow.
-
-**Zero update** (PEFT's B = 0 start, an all-zero or empty S): every metric is finite, never NaN:
-``energy_ratio`` = 1.0 (nothing is lost, for every k), ``reconstruction_error`` = 0.0, ``effective_rank`` = 0.0,
-``stable_rank`` = 0.0, ``spectral_norm`` = ``frobenius_norm`` = 0.0. ``factored_relative_error`` is 0.0 when both
-updates are zero and inf when only the reference is; ``subspace_alignment`` with a zero update gives cosines 0.0.
+A zero update (PEFT's B = 0 start): ``factored_relative_error`` is 0.0 when both updates are zero and inf when only
+the reference is; ``subspace_alignment`` with a zero update gives cosines 0.0. Metrics of the spectra are in
+:mod:`svdlora_pl.spectral.metrics`.
 
 Bad inputs (wrong number of dimensions, empty or mismatched shapes, non-finite values, negative or unsorted singular
 values, negative ranks) raise :class:`svdlora_pl.errors.InputError` with a one-line message that gives the shapes.
@@ -18,17 +14,16 @@ values, negative ranks) raise :class:`svdlora_pl.errors.InputError` with a one-l
 
 from __future__ import annotations
 
-import contextlib
 import math
 import operator
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
 
 from svdlora_pl.errors import InputError
+from svdlora_pl.spectral.threads import cpu_threads
 
 Scale = float | Tensor
 
@@ -47,7 +42,7 @@ class FactoredSVD:
 
 
 # ---------------------------------------------------------------- helpers (validation and the QR core)
-def _shape(t: Tensor) -> str:
+def shape_text(t: Tensor) -> str:
     return "×".join(map(str, t.shape)) or "scalar"
 
 
@@ -57,14 +52,16 @@ def _check_pair(B: Tensor, A: Tensor, *, batched: bool = False) -> None:
     ok = B.ndim == A.ndim == nd and B.shape[-1] == A.shape[-2] and B.shape[:-2] == A.shape[:-2]
     if not ok or 0 in B.shape + A.shape:
         want = "B (b×m×r), A (b×r×n)" if batched else "B (m×r), A (r×n)"
-        raise InputError(f"expected LoRA factors {want} with the same r, got B {_shape(B)} and A {_shape(A)}")
+        raise InputError(f"expected LoRA factors {want} with the same r, got B {shape_text(B)} and A {shape_text(A)}")
 
 
 def _check_same_update_shape(B1: Tensor, A1: Tensor, B2: Tensor, A2: Tensor) -> None:
     _check_pair(B1, A1)
     _check_pair(B2, A2)
     if B1.shape[0] != B2.shape[0] or A1.shape[1] != A2.shape[1]:
-        raise InputError(f"updates differ in shape: B1 {_shape(B1)}·A1 {_shape(A1)} vs B2 {_shape(B2)}·A2 {_shape(A2)}")
+        raise InputError(
+            f"updates differ in shape: B1 {shape_text(B1)}·A1 {shape_text(A1)} vs B2 {shape_text(B2)}·A2 {shape_text(A2)}"
+        )
 
 
 def _core(B: Tensor, A: Tensor, scale: Scale, dtype: torch.dtype, *, with_q: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -77,11 +74,11 @@ def _core(B: Tensor, A: Tensor, scale: Scale, dtype: torch.dtype, *, with_q: boo
     Q_A, R_A = torch.linalg.qr(A.to(dtype).mT, mode=mode)
     core = (R_B @ R_A.mT) * scale
     if not bool(torch.isfinite(core).all()):
-        raise InputError(f"non-finite values in LoRA factors B {_shape(B)}, A {_shape(A)} or their scale")
+        raise InputError(f"non-finite values in LoRA factors B {shape_text(B)}, A {shape_text(A)} or their scale")
     return Q_B, Q_A, core
 
 
-def _nonneg_int(k: int, what: str = "k") -> int:
+def nonneg_int(k: int, what: str = "k") -> int:
     try:
         k = operator.index(k)
     except TypeError:
@@ -89,23 +86,6 @@ def _nonneg_int(k: int, what: str = "k") -> int:
     if k < 0:
         raise InputError(f"{what} must be >= 0, got {k}")
     return k
-
-
-def _spectrum(S: Tensor) -> tuple[list[float], float]:
-    """(S/σ₁ as floats, σ₁) after validation; ([], 0.0) for a zero or empty spectrum."""
-    if S.ndim != 1:
-        raise InputError(f"singular values must be a 1-D tensor, got shape {_shape(S)}")
-    s = S.detach().to(torch.float64).tolist()
-    if not all(math.isfinite(x) and x >= 0 for x in s) or any(b > a for a, b in zip(s, s[1:], strict=False)):
-        raise InputError(f"singular values must be finite, non-negative and descending (got {len(s)} values)")
-    top = s[0] if s else 0.0
-    return ([x / top for x in s], top) if top > 0 else ([], 0.0)
-
-
-def _head_tail(s: list[float], k: int) -> tuple[float, float]:
-    """(Σ_{i≤k} sᵢ², Σ_{i>k} sᵢ²), each summed exactly (no cancellation from 1 − head/total)."""
-    k = _nonneg_int(k)
-    return math.fsum(x * x for x in s[:k]), math.fsum(x * x for x in s[k:])
 
 
 # ---------------------------------------------------------------- SVD of a factored update
@@ -137,25 +117,9 @@ def batched_factored_svdvals(
     _check_pair(Bs, As, batched=True)
     if isinstance(scales, Tensor):
         if scales.ndim > 1 or scales.numel() not in (1, Bs.shape[0]):
-            raise InputError(f"scales must be a float or a ({Bs.shape[0]},) tensor, got shape {_shape(scales)}")
+            raise InputError(f"scales must be a float or a ({Bs.shape[0]},) tensor, got shape {shape_text(scales)}")
         scales = scales.to(dtype=dtype, device=Bs.device).reshape(-1, 1, 1)
     return torch.linalg.svdvals(_core(Bs, As, scales, dtype, with_q=False)[2])
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` intra-op CPU threads (``torch.set_num_threads``; None: unchanged), then restore.
-
-    Many small QRs are not worth threads: with 2 threads on 2 busy cores the 196 modules of a 7B adapter took 15-23 s
-    (threads wait for each other thousands of times), with 1 thread 0.13-0.2 s (0.09 s on idle cores with 2 threads).
-    The setting is process-wide while the block runs.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(n or before)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 _BATCH_BYTES = 4 << 20  # stacks of ~4 MiB stay in cache: measured 2.8x faster than one stack per shape on 2 cores
@@ -208,60 +172,6 @@ def svdvals_of_modules(
     return {name: result[name] for name in factors}
 
 
-# ---------------------------------------------------------------- metrics of a spectrum
-def energy_ratio(S: Tensor, k: int) -> float:
-    """Σ_{i≤k} σᵢ² / Σᵢ σᵢ²: share of ‖ΔW‖²_F in the top-k directions (1.0 for a zero update)."""
-    s, _ = _spectrum(S)
-    head, tail = _head_tail(s, k)
-    return head / (head + tail) if s else 1.0
-
-
-def reconstruction_error(S: Tensor, k: int) -> float:
-    """√(Σ_{i>k} σᵢ²) / √(Σᵢ σᵢ²): relative Frobenius error of the best rank-k approximation (Eckart–Young).
-
-    Summed from the tail, not as √(1 − energy), so small errors stay accurate; 0.0 for a zero update.
-    """
-    s, _ = _spectrum(S)
-    head, tail = _head_tail(s, k)
-    return math.sqrt(tail / (head + tail)) if s else 0.0
-
-
-def effective_rank(S: Tensor) -> float:
-    """exp(−Σ pᵢ·log pᵢ) with pᵢ = σᵢ / Σⱼ σⱼ (Roy & Vetterli 2007; 0·log 0 = 0); in [1, k], 0.0 for a zero update."""
-    s, _ = _spectrum(S)
-    total = math.fsum(s)
-    return math.exp(-math.fsum(x / total * math.log(x / total) for x in s if x > 0)) if s else 0.0
-
-
-def stable_rank(S: Tensor) -> float:
-    """‖ΔW‖²_F / ‖ΔW‖²₂ = Σᵢ σᵢ² / σ₁²; in [1, k], 0.0 for a zero update."""
-    s, _ = _spectrum(S)
-    return math.fsum(x * x for x in s) if s else 0.0  # s is already S/σ₁
-
-
-def spectral_norm(S: Tensor) -> float:
-    """‖ΔW‖₂ = σ₁."""
-    return _spectrum(S)[1]
-
-
-def frobenius_norm(S: Tensor) -> float:
-    """‖ΔW‖_F = √(Σᵢ σᵢ²)."""
-    s, top = _spectrum(S)
-    return top * math.sqrt(math.fsum(x * x for x in s))
-
-
-def spectrum_summary(S: Tensor, ranks: Sequence[int]) -> dict[str, float]:
-    """All metrics of one spectrum: ``energy@k`` and ``recon_error@k`` for each k in ``ranks``, ``effective_rank``,
-    ``stable_rank``, ``frobenius_norm``, ``spectral_norm`` (these keys are part of the callbacks' logged names)."""
-    S = S.detach().to("cpu", torch.float64)  # one device transfer; each metric below then reads a small CPU vector
-    out: dict[str, float] = {}
-    for k in ranks:
-        out[f"energy@{k}"], out[f"recon_error@{k}"] = energy_ratio(S, k), reconstruction_error(S, k)
-    out.update(effective_rank=effective_rank(S), stable_rank=stable_rank(S))
-    out.update(frobenius_norm=frobenius_norm(S), spectral_norm=spectral_norm(S))
-    return out
-
-
 # ---------------------------------------------------------------- comparing two factored updates
 def factored_inner(B1: Tensor, A1: Tensor, B2: Tensor, A2: Tensor, *, dtype: torch.dtype = torch.float64) -> Tensor:
     """⟨B1·A1, B2·A2⟩_F = trace((B2ᵀ·B1)·(A1·A2ᵀ)) = Σ (B2ᵀ·B1) ⊙ (A2·A1ᵀ); O((m+n)·r1·r2), a 0-d ``dtype`` tensor."""
@@ -298,13 +208,13 @@ def subspace_cosines(U1: Tensor, U2: Tensor, k: int | None = None, *, dtype: tor
     Returns min(k1, k2) values in [0, 1]: 1 for a shared direction, 0 for orthogonal ones.
     """
     if U1.ndim != 2 or U2.ndim != 2 or U1.shape[0] != U2.shape[0] or 0 in U1.shape + U2.shape:
-        raise InputError(f"expected two non-empty bases m×k1 and m×k2, got {_shape(U1)} and {_shape(U2)}")
+        raise InputError(f"expected two non-empty bases m×k1 and m×k2, got {shape_text(U1)} and {shape_text(U2)}")
     if k is not None:
-        k = _nonneg_int(k)
+        k = nonneg_int(k)
         U1, U2 = U1[:, :k], U2[:, :k]
     Q1, Q2 = (torch.linalg.qr(U.to(dtype)).Q for U in (U1, U2))
     if not bool(torch.isfinite(Q1).all() & torch.isfinite(Q2).all()):
-        raise InputError(f"non-finite values in bases {_shape(U1)} and {_shape(U2)}")
+        raise InputError(f"non-finite values in bases {shape_text(U1)} and {shape_text(U2)}")
     return torch.linalg.svdvals(Q1.mT @ Q2).clamp_(0.0, 1.0)
 
 
@@ -313,77 +223,12 @@ def subspace_alignment(svd1: FactoredSVD, svd2: FactoredSVD, k: int) -> dict[str
 
     Keys ``left_cos_mean``, ``right_cos_mean``, ``left_cos_min``, ``right_cos_min``; all 0.0 if either update is zero.
     """
-    if _nonneg_int(k) == 0:
+    if nonneg_int(k) == 0:
         raise InputError("k must be >= 1 for subspace alignment")
-    if not (_spectrum(svd1.S)[0] and _spectrum(svd2.S)[0]):
+    if not all(svd.S.numel() and float(svd.S.abs().max()) > 0 for svd in (svd1, svd2)):
         return dict.fromkeys(("left_cos_mean", "right_cos_mean", "left_cos_min", "right_cos_min"), 0.0)
     left, right = subspace_cosines(svd1.U, svd2.U, k), subspace_cosines(svd1.V, svd2.V, k)
     return {
         "left_cos_mean": float(left.mean()), "right_cos_mean": float(right.mean()),
         "left_cos_min": float(left.min()), "right_cos_min": float(right.min()),
     }  # fmt: skip
-
-
-# ---------------------------------------------------------------- dense matrices and factor splitting
-@contextlib.contextmanager
-def _seeded_rng(device: torch.device, seed: int) -> Iterator[None]:
-    """Seed the default RNG of ``device`` (and the CPU's) inside the block; restore both afterwards."""
-    accel = device.type != "cpu"
-    with torch.random.fork_rng(devices=[device] if accel else [], device_type=device.type if accel else None):
-        torch.default_generator.manual_seed(seed)
-        if accel:
-            mod = torch.get_device_module(device.type)
-            with mod.device(device):
-                mod.manual_seed(seed)
-        yield
-
-
-def dense_svd(
-    W: Tensor, rank: int | None = None, *, method: Literal["exact", "randomized"] = "exact",
-    niter: int = 4, oversample: int = 10, seed: int = 0,
-) -> FactoredSVD:  # fmt: skip
-    """SVD of a full matrix W (m×n) truncated to ``rank`` (None: all min(m, n)), in W's dtype (at least float32).
-
-    ``exact``: torch.linalg.svd(W, full_matrices=False), O(mn·min(m, n)), accurate to rounding.
-    ``randomized``: torch.svd_lowrank(W, q=rank+oversample, niter) (Halko–Martinsson–Tropp), O(mn·q·(niter+1)); needs
-    ``rank``. The error of σᵢ and of the leading subspaces scales with (σ_{q+1}/σᵢ)^(2·niter+1): near exact when the
-    spectrum decays past ``rank``, only approximate when it is flat — raise ``niter``/``oversample`` or use exact.
-    Its random test matrix is drawn under a forked RNG seeded with ``seed``: deterministic, global RNG untouched.
-    """
-    if W.ndim != 2 or 0 in W.shape:
-        raise InputError(f"expected a non-empty m×n matrix, got shape {_shape(W)}")
-    if method not in ("exact", "randomized"):
-        raise InputError(f"method must be 'exact' or 'randomized', got {method!r}")
-    W = W.detach().to(torch.promote_types(W.dtype, torch.float32))
-    if not bool(torch.isfinite(W).all()):
-        raise InputError(f"non-finite values in matrix {_shape(W)}")
-    if method == "exact":
-        U, S, Vh = torch.linalg.svd(W, full_matrices=False)
-        full = FactoredSVD(U, S, Vh.mT)
-        return full if rank is None else truncate(full, rank)
-    if rank is None or _nonneg_int(rank, "rank") == 0:
-        raise InputError("randomized dense_svd needs rank >= 1")
-    q = min(rank + _nonneg_int(oversample, "oversample"), *W.shape)
-    with _seeded_rng(W.device, seed):
-        U, S, V = torch.svd_lowrank(W, q=q, niter=_nonneg_int(niter, "niter"))
-    return truncate(FactoredSVD(U, S, V), rank)
-
-
-def truncate(svd: FactoredSVD, rank: int) -> FactoredSVD:
-    """Best rank-``rank`` approximation U[:, :r]·diag(S[:r])·V[:, :r]ᵀ (Eckart–Young); rank is clamped to k."""
-    r = _nonneg_int(rank, "rank")
-    return FactoredSVD(svd.U[:, :r].contiguous(), svd.S[:r].contiguous(), svd.V[:, :r].contiguous())
-
-
-def split_factors(svd: FactoredSVD, rank: int, mode: Literal["sqrt", "B"] = "sqrt") -> tuple[Tensor, Tensor]:
-    """PEFT-orientation factors (B m×r, A r×n) with B·A = rank-r truncation of ``svd`` (r clamped to k).
-
-    ``sqrt``: B = U·√Σ, A = √Σ·Vᵀ (balanced norms); ``B``: B = U·Σ, A = Vᵀ (orthonormal rows of A).
-    """
-    if mode not in ("sqrt", "B"):
-        raise InputError(f"mode must be 'sqrt' or 'B', got {mode!r}")
-    t = truncate(svd, rank)
-    if mode == "B":
-        return (t.U * t.S).contiguous(), t.V.mT.contiguous()
-    root = t.S.sqrt()
-    return (t.U * root).contiguous(), (root[:, None] * t.V.mT).contiguous()

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from svdlora_pl.errors import InputError
 from svdlora_pl.lora.settings import QWEN_LINEAR_MODULES
-from svdlora_pl.spectral.factored import FactoredSVD, dense_svd, truncate
+from svdlora_pl.spectral import FactoredSVD, dense_svd, truncate
 from svdlora_pl.embedded.tiny import resolve_model_path
 
 _ENERGY_CHUNK = 1 << 22  # elements per float64 chunk when summing ‖ΔW‖_F² (32 MiB)

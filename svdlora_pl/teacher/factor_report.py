@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from svdlora_pl import plots  # noqa: F401  (selects the headless Agg backend before pyplot is imported)
-from svdlora_pl.spectral.factored import effective_rank, energy_ratio, frobenius_norm, reconstruction_error
+from svdlora_pl.spectral import effective_rank, energy_ratio, frobenius_norm, reconstruction_error
 
 ENERGY_THRESHOLD = 0.9
 ERROR_THRESHOLD = 0.1

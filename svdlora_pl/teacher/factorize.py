@@ -15,9 +15,9 @@ Sources: ``--delta FILE``, a factor file (``<module>.U/S/V`` as written by ``svd
 For factored sources ΔW is never formed: its exact thin SVD comes from a QR of the factors, O((out+in)·r²) per
 module: Cholesky QR from the factors' Gram matrices when both are well conditioned after column scaling (κ ≤ 100: the
 U·diag(S), Vᵀ of an SVD-form file, or random LoRA factors), with only the top r singular vectors formed; Householder
-QR (:func:`svdlora_pl.spectral.factored.factored_svd`) otherwise. Both are exact to float64 rounding (signs of singular vector
+QR (:func:`svdlora_pl.spectral.factored_svd`) otherwise. Both are exact to float64 rounding (signs of singular vector
 pairs are arbitrary). A dense ΔW goes through
-:func:`svdlora_pl.spectral.factored.dense_svd` in float32: ``--svd exact`` (default, the full spectrum, O(mn·min(m, n)): 50-65 s
+:func:`svdlora_pl.spectral.dense_svd` in float32: ``--svd exact`` (default, the full spectrum, O(mn·min(m, n)): 50-65 s
 for one 3584×3584 module of a 7B model on 2 CPU cores) or ``--svd randomized`` (top r only, ``--niter`` 4,
 ``--oversample`` 10, ``--seed`` 0; deterministic; ~1-2 s there, accuracy measured in :mod:`svdlora_pl.teacher.full_finetune`); a progress bar runs over the modules of large models. With the
 randomized SVD, energy ratio and relative error are taken against ‖ΔW‖²_F computed from the dense matrix.
@@ -60,7 +60,7 @@ from svdlora_pl.teacher.delta_svd import (
 )
 from svdlora_pl.errors import InputError
 from svdlora_pl.io import atomic_directory
-from svdlora_pl.spectral.factored import FactoredSVD, cpu_threads, factored_svd, split_factors
+from svdlora_pl.spectral import FactoredSVD, cpu_threads, factored_svd, split_factors
 from svdlora_pl.cli.tool_args import ToolParser, check_output_dir
 from svdlora_pl.teacher.full_finetune import PROGRESS_MIN_ELEMENTS, WeightPair, open_pair
 
@@ -138,7 +138,7 @@ def gram_svd(B: torch.Tensor, A: torch.Tensor, scale: float, rank: int) -> tuple
     for Aᵀ. The k×k core C = scale·R_B·R_Aᵀ = U_c·Σ·V_cᵀ gives U = B·(D·L_B⁻ᵀ·U_c) and V = Aᵀ·(D_A·L_A⁻ᵀ·V_c), formed
     for the top ``rank`` columns only: two Gram products and two thin products over the rows, in float64. Exact to
     rounding when both column-scaled factors have κ ≤ :data:`GRAM_MAX_COND`; None otherwise (ill-conditioned,
-    rank-deficient, zero or non-finite factors, k above out or in), for :func:`svdlora_pl.spectral.factored.factored_svd`.
+    rank-deficient, zero or non-finite factors, k above out or in), for :func:`svdlora_pl.spectral.factored_svd`.
 
     Args:
         B: out×k factor.
@@ -169,7 +169,7 @@ def factorize(
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, dict[str, Any]]]:
     """Rank-``rank`` factors and per-module analysis of every ΔW = s·B·A (float64 SVD, factors in the source dtype).
 
-    Each module goes through :func:`gram_svd` (Cholesky QR), or :func:`svdlora_pl.spectral.factored.factored_svd`
+    Each module goes through :func:`gram_svd` (Cholesky QR), or :func:`svdlora_pl.spectral.factored_svd`
     (Householder QR) where that does not apply.
     """
     from tqdm.auto import tqdm

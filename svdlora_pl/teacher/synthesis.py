@@ -1,7 +1,7 @@
 """Teacher updates synthesized from a LoRA adapter, kept factored end to end (ΔW is never formed densely).
 
 For one module with LoRA factors B (m×k), A (k×n) and scaling s, the LoRA update is ΔW_lora = s·B·A. Its exact
-thin SVD U_r·diag(σ₁..σ_r)·V_rᵀ comes from :func:`svdlora_pl.spectral.factored.factored_svd` (QR of the factors and a k×k
+thin SVD U_r·diag(σ₁..σ_r)·V_rᵀ comes from :func:`svdlora_pl.spectral.factored_svd` (QR of the factors and a k×k
 core), where r is the numerical rank (σᵢ > max(m, n)·ε₆₄·σ₁, numpy's ``matrix_rank`` rule). The synthesized
 teacher of rank R (``target_rank``, r ≤ R ≤ min(m, n)) is built in three steps, all in float64:
 
@@ -57,7 +57,7 @@ from torch import Tensor
 
 from svdlora_pl.errors import InputError
 from svdlora_pl.lora.factor_files import write_safetensors
-from svdlora_pl.spectral.factored import FactoredSVD, Scale, cpu_threads, factored_svd
+from svdlora_pl.spectral import FactoredSVD, Scale, cpu_threads, factored_svd
 
 DEFAULT_DECAY = 0.1
 """Default exponential decay rate of the appended tail per index: σ_{r+j} = σ_r·exp(−0.1·j)."""
@@ -228,7 +228,7 @@ def synthesize_adapter(
     Module i (0-based, in the given order) draws from its own CPU generator seeded with
     :func:`module_seed` ``(seed, i)``, so the result depends only on the inputs, the order and ``seed`` (not on the
     global RNG). See :func:`synthesize_module` for the arguments and the construction. Runs on one intra-op thread
-    (:func:`svdlora_pl.spectral.factored.cpu_threads`): many small factorizations gain nothing from threads, and lose much on
+    (:func:`svdlora_pl.spectral.cpu_threads`): many small factorizations gain nothing from threads, and lose much on
     busy cores.
 
     Returns:

@@ -57,7 +57,7 @@ from svdlora_pl.teacher.delta_svd import (
 )
 from svdlora_pl.errors import InputError
 from svdlora_pl.io import atomic_directory
-from svdlora_pl.spectral.factored import FactoredSVD, cpu_threads, svdvals_of_modules
+from svdlora_pl.spectral import FactoredSVD, cpu_threads, svdvals_of_modules
 from svdlora_pl.teacher.synthesis import DEFAULT_DECAY, save_synthesized, synthesize_adapter
 from svdlora_pl.cli.tool_args import ToolParser, check_output_dir
 from svdlora_pl.teacher.full_finetune import PROGRESS_MIN_ELEMENTS, WeightPair, open_pair

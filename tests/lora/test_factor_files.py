@@ -11,6 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from svdlora_pl.errors import InputError
+from svdlora_pl.lora import factor_files as factors_module
 from svdlora_pl.lora.factor_files import (
     SAFETENSORS_DTYPES,
     load_factors,
@@ -18,7 +19,6 @@ from svdlora_pl.lora.factor_files import (
     save_factors,
     write_safetensors,
 )
-from svdlora_pl.lora import factor_files as factors_module
 
 MODULE = "model.layers.0.self_attn.q_proj"
 

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from svdlora_pl.embedded.tiny import TINY_MODEL, resolve_model_path
 from svdlora_pl.errors import InputError
+from svdlora_pl.lora import initializers
 from svdlora_pl.lora.initializers import (
     LoRAInitializer,
     MiLoRAInit,
@@ -26,7 +27,6 @@ from svdlora_pl.lora.initializers import (
     from_spec,
 )
 from svdlora_pl.lora.layers import find_lora_layers
-from svdlora_pl.lora import initializers
 from svdlora_pl.lora.settings import LoRASettings, wrap_with_lora
 from svdlora_pl.training.module import QwenLoRAModule
 

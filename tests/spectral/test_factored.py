@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from svdlora_pl.errors import InputError
-from svdlora_pl.spectral.factored import (
+from svdlora_pl.spectral import (
     FactoredSVD,
     batched_factored_svdvals,
     cpu_threads,

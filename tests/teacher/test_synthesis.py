@@ -11,7 +11,7 @@ import torch
 from svdlora_pl.teacher import synthesis as teacher
 from svdlora_pl.errors import InputError
 from svdlora_pl.lora.factor_files import load_factors, safetensors_bytes
-from svdlora_pl.spectral.factored import FactoredSVD
+from svdlora_pl.spectral import FactoredSVD
 from svdlora_pl.teacher.synthesis import (
     DEFAULT_DECAY,
     module_seed,
