@@ -1,6 +1,8 @@
-"""Atomic file output: nothing half-written is ever left at a destination path.
+"""File input and output: safetensors read with one-line errors, and atomic output (nothing half-written is ever left
+at a destination path).
 
-Files are written to a temporary sibling and renamed over the destination (``os.replace`` is atomic on
+Safetensors files are opened through :func:`open_safetensors`, which never unpickles anything and turns a missing,
+truncated or foreign file into one :class:`~svdlora_pl.errors.InputError` naming it. Output files are written to a temporary sibling and renamed over the destination (``os.replace`` is atomic on
 POSIX and Windows), whole (:func:`atomic_write_bytes`) or streamed (:func:`atomic_file`); directories are filled
 under a temporary sibling name and renamed into place.
 """
@@ -10,10 +12,44 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+from svdlora_pl.errors import InputError
+
+
+@contextmanager
+def open_safetensors(path: str | os.PathLike[str], what: str = "") -> Iterator[Any]:
+    """Yield ``safetensors.safe_open(path, framework="pt")``: tensors read lazily from the file's memory map.
+
+    A missing file, or one that is not safetensors (a pickle, a truncated download), raises one
+    :class:`InputError` naming it (and ``what`` in it, e.g. a tensor key) instead of a traceback; the file is never
+    unpickled. Errors raised by the block itself pass through unchanged.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    file = Path(path)
+    where = f"{file}: {what}: " if what else f"{file}: "
+    if not file.is_file():
+        pickled = [
+            p.name for p in (file.with_suffix(".bin"), file.with_suffix(".pt"), file.with_suffix(".pth")) if p.is_file()
+        ]
+        hint = f" ({pickled[0]} is a pickle and is refused; save tensors with safetensors)" if pickled else ""
+        raise InputError(f"{where}file not found{hint}")
+    try:
+        handle = safe_open(str(file), framework="pt")
+    except (SafetensorError, OSError, ValueError) as error:
+        hint = (
+            " (pickled checkpoints are refused; save tensors with safetensors)" if file.suffix != ".safetensors" else ""
+        )
+        raise InputError(f"{where}not a readable safetensors file{hint}: {error}") from None
+    with handle:
+        try:
+            yield handle
+        except (SafetensorError, OSError) as error:
+            raise InputError(f"{where}unreadable tensor data: {error}") from None
 
 
 def _umask() -> int:
@@ -70,3 +106,21 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_output_dir(
+    output: Path, inputs: Sequence[str | os.PathLike[str]], overwrite: bool, field: str = "output_dir"
+) -> None:
+    """Refuse an output directory that would replace an input, is a file, or is non-empty without ``overwrite``.
+
+    ``field`` names the option in the one-line error (``output_dir``).
+    """
+    target = Path(output).resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if target == source or target in source.parents:
+            raise InputError(f"{field}: {output} would replace the input {given}")
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{field}: {output} exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise InputError(f"{field}: {output} exists and is not empty (set overwrite to replace it)")

@@ -33,7 +33,7 @@ import torch
 
 from svdlora_pl.aggregation.rules import LoRAFactors
 from svdlora_pl.errors import InputError
-from svdlora_pl.io import atomic_directory
+from svdlora_pl.io import atomic_directory, open_safetensors
 from svdlora_pl.lora.layers import PEFT_PREFIX
 
 CONFIG_NAME = "adapter_config.json"
@@ -147,21 +147,8 @@ def _check_config(file: Path, config: dict[str, Any]) -> None:
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError, safe_open
-
-    file = path / WEIGHTS_NAME
-    if not file.is_file():
-        hint = (
-            " (adapter_model.bin pickles are refused; save with safetensors)"
-            if (path / "adapter_model.bin").exists()
-            else ""
-        )
-        raise InputError(f"{file}: file not found{hint}")
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise InputError(f"{file}: not a readable safetensors file: {error}") from None
+    with open_safetensors(path / WEIGHTS_NAME) as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}
 
 
 def _group_factors(file: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:

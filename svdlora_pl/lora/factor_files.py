@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from svdlora_pl.errors import InputError
-from svdlora_pl.io import atomic_file
+from svdlora_pl.io import atomic_file, open_safetensors
 from svdlora_pl.spectral import cpu_threads
 
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -54,18 +54,8 @@ _DATA_ORDER = {dtype: position for position, dtype in enumerate(SAFETENSORS_DTYP
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as error:
-        hint = (
-            " (pickled checkpoints are refused; save tensors with safetensors)" if path.suffix != ".safetensors" else ""
-        )
-        raise InputError(f"{path}: not a readable safetensors file{hint}: {error}") from None
+    with open_safetensors(path) as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
 
 
 def _group(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:

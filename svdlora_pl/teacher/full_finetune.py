@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from svdlora_pl.errors import InputError
+from svdlora_pl.io import open_safetensors
 from svdlora_pl.lora.settings import QWEN_LINEAR_MODULES
 from svdlora_pl.embedded.tiny import resolve_model_path
 
@@ -145,13 +146,8 @@ def _weight_map(directory: Path, role: str) -> tuple[dict[str, Path], Path]:
 
 def _header(file: Path) -> dict[str, tuple[int, ...]]:
     """Tensor key -> shape of one safetensors file, from its header only."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise InputError(f"{file}: not a readable safetensors file: {error}") from None
+    with open_safetensors(file) as handle:
+        return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
 
 
 def resolve_checkpoint(name: str, role: str = "--base") -> Checkpoint:
@@ -280,21 +276,19 @@ class WeightPair:
 
 def _read(checkpoint: Checkpoint, key: str, minuend: Tensor | None) -> Tensor:
     """The weight ``key`` as a fresh float32+ tensor, or ``minuend − weight`` computed in place on ``minuend``."""
-    from safetensors import SafetensorError, safe_open
-
     file = checkpoint.files[key]
-    try:
-        with safe_open(str(file), framework="pt") as handle:
+    with open_safetensors(file, key) as handle:
+        try:
             weight = handle.get_tensor(key)  # a view of the file's memory map: copied or read, never written
-            if not weight.dtype.is_floating_point:
-                raise InputError(f"{file}: {key}: dtype {weight.dtype} is not floating point (quantized?)")
-            if not bool(torch.isfinite(weight).all()):
-                raise InputError(f"{file}: {key}: NaN or infinite values")
-            if minuend is None:
-                return weight.to(torch.promote_types(weight.dtype, torch.float32), copy=True)
-            return minuend.to(torch.promote_types(minuend.dtype, weight.dtype)).sub_(weight)
-    except (SafetensorError, OSError, RuntimeError) as error:
-        raise InputError(f"{file}: {key}: unreadable tensor: {error}") from None
+        except RuntimeError as error:
+            raise InputError(f"{file}: {key}: unreadable tensor: {error}") from None
+        if not weight.dtype.is_floating_point:
+            raise InputError(f"{file}: {key}: dtype {weight.dtype} is not floating point (quantized?)")
+        if not bool(torch.isfinite(weight).all()):
+            raise InputError(f"{file}: {key}: NaN or infinite values")
+        if minuend is None:
+            return weight.to(torch.promote_types(weight.dtype, torch.float32), copy=True)
+        return minuend.to(torch.promote_types(minuend.dtype, weight.dtype)).sub_(weight)
 
 
 def open_pair(base: str, finetuned: str, targets: Sequence[str] = tuple(QWEN_LINEAR_MODULES)) -> WeightPair:
