@@ -9,6 +9,8 @@ under a temporary sibling name and renamed into place.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -124,3 +126,23 @@ def check_output_dir(
         raise InputError(f"{field}: {output} exists and is not a directory")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise InputError(f"{field}: {output} exists and is not empty (set overwrite to replace it)")
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None, recursively through dicts, lists and tuples.
+
+    Strict JSON has no NaN or infinity: a metric that does not exist (a relative error against a zero reference, a
+    loss never logged) is written as ``null``.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(item) for item in value]
+    return value
+
+
+def json_text(value: Any) -> str:
+    """Strict JSON of ``value`` for a report file: indented, UTF-8 as is, non-finite floats as ``null``."""
+    return json.dumps(finite_or_none(value), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
