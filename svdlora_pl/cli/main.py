@@ -1,8 +1,8 @@
-"""The ``svdlora`` command: LightningCLI for ``fit``/``validate``/``test``/``predict`` on
-:class:`~svdlora_pl.model.QwenLoRAModule` and :class:`~svdlora_pl.data.QADataModule`.
+"""The ``svdlora`` console script: LightningCLI's ``fit``/``validate``/``test``/``predict`` and the tools.
 
-User errors (bad files, fields, values) end the program with a one-line message on stderr and exit code 2;
-argument errors are reported by jsonargparse with exit code 2 as well.
+A user error ends the program with one line on stderr, ``svdlora: error: <file or field>: <problem>``, and exit
+code 2: a bad command line or config (jsonargparse's ``ArgumentError``, followed by one hint line naming the
+subcommand's ``--help``) or a bad value, file or field found later (:class:`~svdlora_pl.errors.InputError`).
 """
 
 from __future__ import annotations
@@ -12,45 +12,34 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from typing_extensions import override
+from jsonargparse import ArgumentError
 
-from svdlora_pl.errors import InputError
+from svdlora_pl.errors import InputError, TrainingDiverged
 
 EXIT_USAGE = 2
 
 TOOLS: dict[str, str] = {
-    "aggregate": "svdlora_pl.aggregation.merge",
-    "estimate-memory": "svdlora_pl.memory.estimate",
-    "compare": "svdlora_pl.experiment.compare",
+    "aggregate": "svdlora_pl.cli.aggregate",
+    "compare": "svdlora_pl.cli.compare",
+    "estimate-memory": "svdlora_pl.cli.estimate_memory",
     "experiment": "svdlora_pl.cli.experiment",
-    "factorize": "svdlora_pl.teacher.factorize",
-    "synthesize": "svdlora_pl.teacher.synthesize",
+    "factorize": "svdlora_pl.cli.factorize",
+    "synthesize": "svdlora_pl.cli.synthesize",
 }
 """Tool subcommands beside LightningCLI's: name -> module whose ``main(argv) -> int`` runs it."""
 
 
-class SvdloraCLI(LightningCLI):
-    """LightningCLI whose data module follows the model's tokenizer (one name in the config, not two)."""
-
-    @override
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("model.model_name_or_path", "data.tokenizer")
-        parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
+def one_line(message: object) -> str:
+    """A (possibly multi-line) message on one line."""
+    return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
-def run_lightning(args: Sequence[str] | None) -> None:
-    """Parse ``args`` (``None``: ``sys.argv``) and run the LightningCLI subcommand they name."""
-    from svdlora_pl.training.datamodule import QADataModule
-    from svdlora_pl.training.module import QwenLoRAModule
-
-    SvdloraCLI(
-        QwenLoRAModule,
-        QADataModule,
-        args=None if args is None else list(args),
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-    )
+def error(message: object, hint: str | None = None) -> int:
+    """Print ``svdlora: error: MESSAGE`` (and the hint) to stderr; returns the exit code 2."""
+    print(f"svdlora: error: {one_line(message)}", file=sys.stderr)
+    if hint:
+        print(hint, file=sys.stderr)
+    return EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,17 +47,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="%(message)s")
     logging.getLogger("svdlora_pl").setLevel(logging.INFO)
     args = list(sys.argv[1:] if argv is None else argv)
+    command = args[0] if args and not args[0].startswith("-") else None
     try:
-        if args and args[0] in TOOLS:
-            return importlib.import_module(TOOLS[args[0]]).main(args[1:])
-        if not args or args[0] in ("-h", "--help"):
+        if command in TOOLS:
+            return importlib.import_module(TOOLS[command]).main(args[1:])
+        if command is None and (not args or args[0] in ("-h", "--help")):
             print(f"tool subcommands: {', '.join(sorted(TOOLS))} (svdlora TOOL --help)\n")
-        run_lightning(argv)
-    except InputError as error:
-        print(f"svdlora: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        from svdlora_pl.cli.lightning import run_lightning
+
+        run_lightning(None if argv is None else args)  # None: LightningCLI reads sys.argv itself
+    except ArgumentError as problem:
+        return error(problem, f"see 'svdlora {command or ''} --help'".replace("  ", " "))
+    except InputError as problem:
+        return error(problem)
+    except TrainingDiverged as problem:  # a numerical failure, not the user's input: exit 1, no traceback
+        print(f"svdlora: {one_line(problem)}", file=sys.stderr)
+        return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

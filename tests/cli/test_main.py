@@ -8,7 +8,8 @@ import sys
 import pytest
 from helpers import ROOT
 
-from svdlora_pl.cli.main import SvdloraCLI, main
+from svdlora_pl.cli.lightning import SvdloraCLI
+from svdlora_pl.cli.main import main
 from svdlora_pl.embedded.tiny import TINY_MODEL
 from svdlora_pl.training.datamodule import QADataModule
 from svdlora_pl.training.module import QwenLoRAModule
@@ -120,7 +121,9 @@ def test_callback_presets_add_their_callback(preset, tmp_path):
     first = preset.read_text().splitlines()[0]
     assert first.startswith(f"# svdlora fit -c configs/tiny.yaml -c callbacks/{preset.name}")
     factors = tmp_path / "teacher.safetensors"
-    refs = find_lora_layers(QwenLoRAModule())
+    module = QwenLoRAModule()
+    module.configure_model()
+    refs = find_lora_layers(module)
     save_factors(factors, {ref.name: (ref.B.detach() + 1.0, ref.A.detach()) for ref in refs})
     extra = [f"--trainer.callbacks.factors={factors}"] if "factors" in preset.read_text() else []
     cli = SvdloraCLI(
