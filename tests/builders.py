@@ -1,8 +1,10 @@
 """Builders of on-disk test inputs shared across test modules: PEFT adapters of the tiny model, a full fine-tune of
-it with a known ΔW, TensorBoard runs with given curves and their ``config.yaml``; and a one-thread fixture."""
+it with a known ΔW, TensorBoard runs with given curves and their ``config.yaml``, QA record files; and a one-thread
+fixture."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from safetensors.torch import load_file
 
 from svdlora_pl.embedded.tiny import TINY_MODEL
 from svdlora_pl.lora.settings import QWEN_LINEAR_MODULES
+from svdlora_pl.training.datamodule import QADataModule
 
 # ------------------------------------------------------------------------------------------------ adapters
 ADAPTER_TARGETS = ["q_proj", "k_proj", "down_proj"]
@@ -139,3 +142,30 @@ def write_config(run: Path, initializer: str) -> None:
 
 def svd_init(factors: Path | str) -> str:
     return f"    class_path: svdlora_pl.initializers.SVDTeacherInit\n    init_args:\n      factors: {factors}\n"
+
+
+# ------------------------------------------------------------------------------------------------ QA records
+QA = {"question": "What is P(heads) for a fair coin?", "answer": "It is 1/2.", "final_answer": "1/2"}
+CHAT = {
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Roll a die. P(6)?"},
+        {"role": "assistant", "content": "1/6."},
+        {"role": "user", "content": "And P(even)?"},
+        {"role": "assistant", "content": "1/2."},
+    ],
+    "id": 7,
+}
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def setup_split(path: Path, split: str = "train", **kwargs) -> QADataModule:
+    """A data module whose ``split`` is read from ``path``, set up for that split only."""
+    key = {"train": "train_file", "val": "val_file", "test": "test_file", "predict": "predict_file"}[split]
+    dm = QADataModule(**{key: str(path)}, **kwargs)
+    dm.dataset(split)
+    return dm

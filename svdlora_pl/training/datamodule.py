@@ -1,252 +1,29 @@
-"""QA data for causal-LM fine-tuning: JSON/JSONL records -> chat-templated, prompt-masked batches.
-
-:class:`QADataModule` reads question/answer or chat-style records (see :mod:`svdlora_pl.training.records`), renders
-them with the tokenizer's chat template and tokenizes them so that only assistant completions carry labels:
-
-* every assistant turn is supervised (its content plus the end-of-turn text the template puts after it, e.g.
-  ``<|im_end|>\\n`` in ChatML); everything else (system, user turns and the generation prompt
-  ``<|im_start|>assistant\\n``) gets label ``-100``;
-* the text is split at turn boundaries found by rendering message prefixes (the template must be
-  prefix-stable), each segment is tokenized on its own with ``add_special_tokens=False`` and the ids are
-  concatenated, so the mask lines up exactly with the tokens and the ids decode back to the rendered text;
-* sequences longer than ``max_length`` are dropped or truncated, and each split's counts are kept in
-  :attr:`QADataModule.stats` and logged as one line.
-
-Batches are padded dynamically. Validation, test and predict batches also carry the left-padded generation
-prompt (``prompt_input_ids``, ``prompt_attention_mask``), the reference ``answers`` and the original
-``records``, so a model can generate, score and write predictions from the same batch.
-"""
+"""``QADataModule``: QA records from JSON/JSONL files (default: the bundled probability QA set) as chat-templated,
+prompt-masked, dynamically padded batches (tokenization in :mod:`svdlora_pl.training.tokenization`, the training
+order in :mod:`svdlora_pl.training.sampling`)."""
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 
 from svdlora_pl.embedded.tiny import TINY_MODEL
 from svdlora_pl.errors import InputError
 from svdlora_pl.training.loading import load_tokenizer
 from svdlora_pl.training.records import Fields, QARecord, read_records
+from svdlora_pl.training.sampling import EpochShuffleSampler
+from svdlora_pl.training.tokenization import QACollator, QADataset, SplitStats, tokenize_records
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
-"""Label of positions that carry no loss (prompt and padding)."""
-
 SPLITS = ("train", "val", "test", "predict")
-
-
-@dataclass
-class SplitStats:
-    """What tokenization did to one split."""
-
-    source: str
-    records: int
-    samples: int
-    truncated: int
-    dropped: int
-    longest: int
-
-    def summary(self, split: str) -> str:
-        return (
-            f"{split}: {self.samples} samples, {self.truncated} truncated, {self.dropped} dropped, "
-            f"longest {self.longest} tokens ({self.source})"
-        )
-
-
-@dataclass
-class QASample:
-    """One tokenized record. ``input_ids[:prompt_length]`` is the prompt of its last assistant turn."""
-
-    input_ids: torch.Tensor
-    labels: torch.Tensor
-    prompt_length: int
-    record: QARecord
-
-
-class QADataset(Dataset):
-    """A list of :class:`QASample` (tokenized once, held in memory)."""
-
-    def __init__(self, samples: list[QASample]) -> None:
-        self.samples = samples
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> QASample:
-        return self.samples[index]
-
-
-def render_segments(tokenizer: Any, messages: list[dict[str, str]], where: str) -> list[tuple[str, bool]]:
-    """Split the rendered conversation into ``(text, supervised)`` segments at assistant-turn boundaries.
-
-    Before assistant message ``i`` the segment ends with the generation prompt (``messages[:i]`` rendered with
-    ``add_generation_prompt=True``); the supervised segment is what rendering ``messages[:i+1]`` adds after it.
-    Raises :class:`InputError` (naming the tokenizer and ``where``) if the template is not prefix-stable.
-    """
-
-    def render(prefix: list[dict[str, str]], generation_prompt: bool = False) -> str:
-        return tokenizer.apply_chat_template(prefix, tokenize=False, add_generation_prompt=generation_prompt)
-
-    def unstable(detail: str) -> InputError:
-        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-        return InputError(f"tokenizer {name}: chat template is not prefix-stable ({detail}) at {where}")
-
-    texts = [""] + [render(messages[: k + 1]) for k in range(len(messages))]
-    for k in range(1, len(texts)):
-        if not texts[k].startswith(texts[k - 1]):
-            raise unstable(f"messages[:{k - 1}] does not render as a prefix of messages[:{k}]")
-    segments: list[tuple[str, bool]] = []
-    done = 0
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        prompt = render(messages[:i], generation_prompt=True)
-        if not prompt.startswith(texts[i]) or not texts[i + 1].startswith(prompt):
-            raise unstable(f"the generation prompt before messages[{i}] is not a prefix of its rendering")
-        segments += [(prompt[done:], False), (texts[i + 1][len(prompt) :], True)]
-        done = len(texts[i + 1])
-    if done < len(texts[-1]):
-        segments.append((texts[-1][done:], False))
-    return segments
-
-
-def tokenize_records(
-    records: Sequence[QARecord],
-    tokenizer: Any,
-    max_length: int,
-    overlong: Literal["truncate", "drop"],
-    for_generation: bool,
-    source: str,
-) -> tuple[QADataset, SplitStats]:
-    """Tokenize records into samples and apply the length policy (see :class:`QADataModule`).
-
-    With ``for_generation`` a truncated sample is also dropped when its last prompt does not fit whole.
-    """
-    all_segments = [render_segments(tokenizer, r.messages, f"{r.source}: {r.where}") for r in records]
-    flat = [text for segments in all_segments for text, _ in segments]
-    flat_ids = iter(tokenizer(flat, add_special_tokens=False)["input_ids"]) if flat else iter(())
-    samples, truncated, dropped = [], 0, 0
-    for record, segments in zip(records, all_segments, strict=True):
-        ids: list[int] = []
-        labels: list[int] = []
-        prompt_length = 0
-        for _, supervised in segments:
-            piece = next(flat_ids)
-            if supervised:
-                prompt_length = len(ids)
-            ids += piece
-            labels += piece if supervised else [IGNORE_INDEX] * len(piece)
-        if len(ids) > max_length:
-            if overlong == "drop":
-                dropped += 1
-                continue
-            truncated += 1
-            ids, labels = ids[:max_length], labels[:max_length]
-            if all(label == IGNORE_INDEX for label in labels) or (for_generation and prompt_length >= max_length):
-                dropped += 1
-                continue
-        samples.append(QASample(torch.tensor(ids), torch.tensor(labels), prompt_length, record))
-    longest = max((len(s.input_ids) for s in samples), default=0)
-    stats = SplitStats(source, len(records), len(samples), truncated, dropped, longest)
-    if not samples:
-        raise InputError(
-            f"{source}: all {len(records)} records were dropped by the length policy "
-            f"(data.max_length={max_length}, data.overlong={overlong!r})"
-        )
-    return QADataset(samples), stats
-
-
-class QACollator:
-    """Pads a list of :class:`QASample` into a batch (see :class:`QADataModule` for the keys)."""
-
-    def __init__(self, pad_token_id: int, with_prompts: bool) -> None:
-        self.pad_token_id = pad_token_id
-        self.with_prompts = with_prompts
-
-    def __call__(self, samples: list[QASample]) -> dict[str, Any]:
-        batch = _pad([s.input_ids for s in samples], self.pad_token_id, left=False)
-        batch["labels"] = _pad([s.labels for s in samples], IGNORE_INDEX, left=False)["input_ids"]
-        if self.with_prompts:
-            prompts = _pad([s.input_ids[: s.prompt_length] for s in samples], self.pad_token_id, left=True)
-            batch["prompt_input_ids"] = prompts["input_ids"]
-            batch["prompt_attention_mask"] = prompts["attention_mask"]
-            batch["answers"] = [s.record.answer for s in samples]
-            batch["records"] = [s.record.data for s in samples]
-        return batch
-
-
-def _pad(sequences: list[torch.Tensor], value: int, left: bool) -> dict[str, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), value, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        span = slice(width - len(seq), width) if left else slice(0, len(seq))
-        ids[row, span] = seq
-        mask[row, span] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-class EpochShuffleSampler(DistributedSampler):
-    """A random permutation of ``range(num_samples)`` that depends only on ``(seed, epoch)``, sharded across ranks.
-
-    It draws from its own ``torch.Generator`` seeded with ``seed + epoch``, never from the global RNG, so a run
-    resumed at epoch ``e`` sees the same order as the original run. Lightning calls :meth:`set_epoch` at the
-    start of every epoch. With ``num_replicas`` = W processes, rank k takes positions k, k + W, k + 2W, ... of
-    that one permutation (padded by wrapping around to a multiple of W), so a step of W ranks × batch b sees
-    exactly the samples a single process sees with batch W·b. Being a ``DistributedSampler``, Lightning uses it
-    as it is instead of wrapping it in a second, differently shuffled one.
-    """
-
-    def __init__(self, num_samples: int, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
-        self.num_samples_total = num_samples
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.seed = seed
-        self.epoch = 0
-        self.num_samples = -(-num_samples // num_replicas)  # per rank
-        self.total_size = self.num_samples * num_replicas
-        self.shuffle, self.drop_last = True, False  # DistributedSampler's attributes, read by Lightning
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.num_samples_total, generator=generator).tolist()
-        order += order[: self.total_size - len(order)]
-        return iter(order[self.rank :: self.num_replicas])
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-def rank_shard(loader: DataLoader, rank: int, world_size: int) -> DataLoader:
-    """``loader`` over positions ``rank``, ``rank + world_size``, … of its dataset, in order and unpadded.
-
-    Every sample is seen by exactly one rank, so sum-reduced metrics (torchmetrics' ``MeanMetric``) synced over the
-    ranks equal one process over the whole dataset. The loader itself when ``world_size`` is 1.
-    """
-    if world_size == 1:
-        return loader
-    return DataLoader(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        sampler=range(rank, len(loader.dataset), world_size),
-        collate_fn=loader.collate_fn,
-        num_workers=loader.num_workers,
-        generator=loader.generator,
-    )
 
 
 class QADataModule(LightningDataModule):

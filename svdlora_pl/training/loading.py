@@ -17,13 +17,21 @@ from svdlora_pl.errors import InputError
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 
-def _resolve(name_or_path: str) -> str:
+def local_model_dir(name_or_path: str) -> Path | None:
+    """The local path a model name stands for (the tiny name's cache, or a path, ``~`` expanded), or None for a Hub
+    name. A name is local when it starts with ``.``, ``/`` or ``~``, or exists on disk; the path may not exist."""
     path = resolve_model_path(name_or_path)
     local = Path(path).expanduser()
-    looks_local = path.startswith((".", "/", "~")) or local.exists()
-    if looks_local and not (local / "config.json").is_file() and not (local / "tokenizer_config.json").is_file():
-        raise InputError(f"{path}: not a model directory (no config.json or tokenizer_config.json)")
-    return str(local) if looks_local else path
+    return local if path.startswith((".", "/", "~")) or local.exists() else None
+
+
+def _resolve(name_or_path: str) -> str:
+    local = local_model_dir(name_or_path)
+    if local is None:
+        return name_or_path
+    if not (local / "config.json").is_file() and not (local / "tokenizer_config.json").is_file():
+        raise InputError(f"{name_or_path}: not a model directory (no config.json or tokenizer_config.json)")
+    return str(local)
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):  # -> PreTrainedTokenizerBase

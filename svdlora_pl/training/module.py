@@ -22,10 +22,10 @@ from svdlora_pl.lora.residual import InitialFactors, save_base_relative_adapter,
 from svdlora_pl.lora.settings import ADAPTER_NAME, LoRASettings, wrap_with_lora
 from svdlora_pl.schedules import ScheduleKind, warmup_schedule
 from svdlora_pl.training.answers import answers_match, extract_final_answer
-from svdlora_pl.training.datamodule import rank_shard
 from svdlora_pl.training.loading import DType, load_causal_lm, load_tokenizer
 from svdlora_pl.training.losses import chunked_cross_entropy, supervised_positions
 from svdlora_pl.training.metrics import EvalMetrics
+from svdlora_pl.training.sampling import rank_shard
 
 
 class QwenLoRAModule(pl.LightningModule):
@@ -40,7 +40,8 @@ class QwenLoRAModule(pl.LightningModule):
 
     Checkpoints hold only the trainable tensors (LoRA factors, or everything in full fine-tuning), the
     optimizer/scheduler state and the RNG state, so resuming continues the same run; the frozen base is
-    rebuilt from ``model_name_or_path``. At the end of ``fit`` the adapter is saved in standard PEFT format
+    rebuilt from ``model_name_or_path``. Constructing the module loads nothing: the weights are loaded in
+    :meth:`configure_model`, which Lightning calls on each process under its strategy (see there). At the end of ``fit`` the adapter is saved in standard PEFT format
     to ``<log_dir>/adapter/`` (full fine-tuning: a ``save_pretrained`` model in ``<log_dir>/model/``), with
     the tokenizer. With a residual initializer (one that rewrote the frozen base weights, e.g. ``PiSSAInit``)
     the saved adapter is the rank-2r conversion that applies to the unmodified base (:mod:`svdlora_pl.lora.residual`).
@@ -110,25 +111,47 @@ class QwenLoRAModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.strict_loading = False  # checkpoints carry only the trainable tensors
 
-        self.tokenizer = load_tokenizer(model_name_or_path, trust_remote_code)
-        base = load_causal_lm(model_name_or_path, dtype, trust_remote_code).train()  # from_pretrained gives eval()
-        if gradient_checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            base.config.use_cache = False
-        if lora is None:
-            self.model = base.requires_grad_(True)
-        else:
-            self.model = wrap_with_lora(base, lora, initializer, model_name_or_path)
-        if compile:
-            for layer in base.get_decoder().layers:
-                layer.compile()
+        self.model: torch.nn.Module | None = None  # built by configure_model
         self.initial_factors: InitialFactors | None = None
-        if lora is not None and initializer.modifies_base:
-            self.initial_factors = snapshot_factors(self.model, ADAPTER_NAME)
+        self._tokenizer: Any = None
         self.val_metrics = EvalMetrics()
         self.test_metrics = EvalMetrics()
         self._step_losses: list[torch.Tensor] = []
         self._predictions: list[dict[str, Any]] = []
+
+    # -------------------------------------------------------------------------------------------- the model
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer, loaded on first use."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.hparams.model_name_or_path, self.hparams.trust_remote_code)
+        return self._tokenizer
+
+    @override
+    def configure_model(self) -> None:
+        """Load the base model, add the LoRA layers and let the initializer set them (once; later calls do nothing).
+
+        Lightning calls this hook in ``fit``/``validate``/``test``/``predict`` under the strategy's device and
+        precision contexts, so each process loads the weights straight onto its own device (a GPU rank never
+        stages the whole base in host memory first), and ``load_from_checkpoint`` calls it before restoring the
+        trainable tensors. Call it yourself to use the module outside a Trainer.
+        """
+        if self.model is not None:
+            return
+        hp = self.hparams
+        base = load_causal_lm(hp.model_name_or_path, hp.dtype, hp.trust_remote_code).train()  # from_pretrained: eval()
+        if hp.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.config.use_cache = False
+        if self.lora_settings is None:
+            self.model = base.requires_grad_(True)
+        else:
+            self.model = wrap_with_lora(base, self.lora_settings, self.initializer, hp.model_name_or_path)
+        if hp.compile:
+            for layer in base.get_decoder().layers:
+                layer.compile()
+        if self.lora_settings is not None and self.initializer.modifies_base:
+            self.initial_factors = snapshot_factors(self.model, ADAPTER_NAME)
 
     # ----------------------------------------------------------------------------------------------- training
     @override

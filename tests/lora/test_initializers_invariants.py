@@ -110,7 +110,9 @@ def test_saved_adapter_reloads_with_plain_peft_on_the_unmodified_base(
     tmp_path: Path, base: torch.nn.Module, factors: Path, name: str
 ) -> None:
     torch.manual_seed(0)
-    module = QwenLoRAModule(lora=SETTINGS, initializer=INITIALIZERS[name](factors)).eval()
+    module = QwenLoRAModule(lora=SETTINGS, initializer=INITIALIZERS[name](factors))
+    module.configure_model()
+    module.eval()
     with torch.no_grad():  # stand-in for training: move every factor
         for p in module.parameters():
             if p.requires_grad:

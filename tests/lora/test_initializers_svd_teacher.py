@@ -22,7 +22,9 @@ from svdlora_pl.training.module import QwenLoRAModule
 
 def make_module(path: Path, r: int = 4, alpha: float = 8.0) -> QwenLoRAModule:
     settings = LoRASettings(r=r, alpha=alpha, dropout=0.0, target_modules=TARGETS)
-    return QwenLoRAModule(lora=settings, initializer=SVDTeacherInit(str(path)))
+    module = QwenLoRAModule(lora=settings, initializer=SVDTeacherInit(str(path)))
+    module.configure_model()
+    return module
 
 
 @pytest.mark.parametrize("teacher_rank", [12, 4, 2])

@@ -2,42 +2,17 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
-from pathlib import Path
 
 import pytest
 import torch
+from builders import CHAT, QA, setup_split, write_jsonl
 
 from svdlora_pl.embedded.datasets import BUNDLED_TRAIN, BUNDLED_VAL
 from svdlora_pl.errors import InputError
-from svdlora_pl.training.datamodule import IGNORE_INDEX, EpochShuffleSampler, QACollator, QADataModule, render_segments
-
-QA = {"question": "What is P(heads) for a fair coin?", "answer": "It is 1/2.", "final_answer": "1/2"}
-CHAT = {
-    "messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Roll a die. P(6)?"},
-        {"role": "assistant", "content": "1/6."},
-        {"role": "user", "content": "And P(even)?"},
-        {"role": "assistant", "content": "1/2."},
-    ],
-    "id": 7,
-}
-
-
-def write_jsonl(path: Path, records: list) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
-def setup_split(path: Path, split: str = "train", **kwargs) -> QADataModule:
-    """A data module whose ``split`` is read from ``path``, set up for that split only."""
-    key = {"train": "train_file", "val": "val_file", "test": "test_file", "predict": "predict_file"}[split]
-    dm = QADataModule(**{key: str(path)}, **kwargs)
-    dm.dataset(split)
-    return dm
+from svdlora_pl.training.datamodule import QADataModule
+from svdlora_pl.training.tokenization import IGNORE_INDEX
 
 
 def supervised_runs(labels: torch.Tensor) -> list[list[int]]:
@@ -72,13 +47,6 @@ def test_bundled_data_loads_and_tokenizes(caplog):
     assert "final_answer" in val_batch["records"][0]
     # test and predict default to the validation set
     assert dm.dataset("test") is dm.dataset("val") and dm.dataset("predict") is dm.dataset("val")
-
-
-def test_ids_decode_to_rendered_text(tiny_tokenizer):
-    dm = QADataModule()
-    for sample in dm.dataset("val"):
-        rendered = tiny_tokenizer.apply_chat_template(sample.record.messages, tokenize=False)
-        assert tiny_tokenizer.decode(sample.input_ids) == rendered
 
 
 @pytest.mark.parametrize("system_prompt", [None, "You solve probability problems."])
@@ -294,52 +262,6 @@ def test_no_validation_set_without_val_file(tmp_path):
         dm.test_dataloader()
 
 
-def test_collate_pads_right_and_prompts_left(tmp_path, tiny_tokenizer):
-    records = [{"question": "Q?", "answer": "A."}, {"question": "A much longer question, isn't it?", "answer": "Yes."}]
-    dm = setup_split(write_jsonl(tmp_path / "qa.jsonl", records), split="val", eval_batch_size=2)
-    batch = next(iter(dm.val_dataloader()))
-    samples = list(dm.dataset("val"))
-    pad = tiny_tokenizer.pad_token_id
-    lengths = [len(s.input_ids) for s in samples]
-    assert batch["input_ids"].shape == (2, max(lengths))
-    for row, (sample, n) in enumerate(zip(samples, lengths, strict=True)):
-        assert torch.equal(batch["input_ids"][row, :n], sample.input_ids)
-        assert (batch["input_ids"][row, n:] == pad).all()
-        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (max(lengths) - n)
-        assert torch.equal(batch["labels"][row, :n], sample.labels)
-        assert (batch["labels"][row, n:] == IGNORE_INDEX).all()
-    prompt_lengths = [s.prompt_length for s in samples]
-    width = max(prompt_lengths)
-    assert batch["prompt_input_ids"].shape == (2, width)
-    for row, (sample, n) in enumerate(zip(samples, prompt_lengths, strict=True)):
-        assert torch.equal(batch["prompt_input_ids"][row, width - n :], sample.input_ids[:n])
-        assert (batch["prompt_input_ids"][row, : width - n] == pad).all()
-        assert batch["prompt_attention_mask"][row].tolist() == [0] * (width - n) + [1] * n
-        assert tiny_tokenizer.decode(batch["prompt_input_ids"][row, width - n :]).endswith("<|im_start|>assistant\n")
-    assert batch["answers"] == ["A.", "Yes."]
-    assert batch["records"] == records
-
-
-def test_collator_without_prompts(tmp_path):
-    dm = setup_split(write_jsonl(tmp_path / "qa.jsonl", [QA, CHAT]))
-    batch = QACollator(0, with_prompts=False)(list(dm.dataset("train")))
-    assert set(batch) == {"input_ids", "attention_mask", "labels"}
-
-
-def test_epoch_shuffle_sampler_depends_only_on_seed_and_epoch():
-    def order(seed, epoch, global_seed):
-        torch.manual_seed(global_seed)
-        sampler = EpochShuffleSampler(50, seed=seed)
-        sampler.set_epoch(epoch)
-        return list(sampler)
-
-    assert order(3, 2, 0) == order(3, 2, 123)
-    assert sorted(order(3, 2, 0)) == list(range(50))
-    assert order(3, 2, 0) != order(3, 1, 0)
-    assert order(3, 2, 0) != order(4, 2, 0)
-    assert len(EpochShuffleSampler(50)) == 50
-
-
 def test_loaders_do_not_consume_the_global_rng():
     dm = QADataModule()
     dm.setup("fit")
@@ -352,30 +274,3 @@ def test_loaders_do_not_consume_the_global_rng():
     again = QADataModule()
     again.setup("fit")
     assert list(train.sampler) == list(again.train_dataloader().sampler)
-
-
-def test_template_that_is_not_prefix_stable_is_rejected(tiny_tokenizer):
-    tokenizer = copy.deepcopy(tiny_tokenizer)
-    # drops earlier assistant turns' content (like templates that strip reasoning from past turns)
-    tokenizer.chat_template = (
-        "{%- for message in messages %}"
-        "{%- if message['role'] == 'assistant' and not loop.last %}{{- '<|im_start|>assistant\\n<|im_end|>\\n' }}"
-        "{%- else %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-        "{%- endif %}{%- endfor %}"
-        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-    )
-    tokenizer.name_or_path = "my-tokenizer"
-    with pytest.raises(InputError, match="tokenizer my-tokenizer: chat template is not prefix-stable.*rec 5"):
-        render_segments(tokenizer, CHAT["messages"], "rec 5")
-
-
-def test_rank_shard_splits_without_padding():
-    from torch.utils.data import DataLoader
-
-    from svdlora_pl.training.datamodule import rank_shard
-
-    loader = DataLoader(list(range(7)), batch_size=2, collate_fn=list)
-    assert rank_shard(loader, 0, 1) is loader
-    shards = [[x for batch in rank_shard(loader, rank, 3) for x in batch] for rank in range(3)]
-    assert shards == [[0, 3, 6], [1, 4], [2, 5]]  # disjoint, in order, nothing repeated to even them out
-    assert [len(batch) for batch in rank_shard(loader, 0, 3)] == [2, 1]

@@ -27,6 +27,7 @@ def lora_grads(module: QwenLoRAModule) -> dict[str, torch.Tensor]:
 def test_chunked_loss_and_gradients_equal_the_model_loss(batch: dict, chunk: int) -> None:
     torch.manual_seed(0)
     module = QwenLoRAModule(lora=LoRASettings(r=4, dropout=0.0))
+    module.configure_model()
     with torch.no_grad():  # a non-zero B so that gradients reach A as well
         for name, p in module.named_parameters():
             if "lora_B" in name:
@@ -55,7 +56,9 @@ def test_chunked_loss_and_gradients_equal_the_model_loss(batch: dict, chunk: int
 
 
 def test_eval_metrics_agree_with_and_without_chunking(batch: dict) -> None:
-    module = QwenLoRAModule(lora=LoRASettings(r=4, dropout=0.0)).eval()
+    module = QwenLoRAModule(lora=LoRASettings(r=4, dropout=0.0))
+    module.configure_model()
+    module.eval()
     values = []
     for chunk in (None, 16):
         module.hparams.loss_chunk_tokens = chunk

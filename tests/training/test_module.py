@@ -21,7 +21,9 @@ from svdlora_pl.training.module import QwenLoRAModule
 def make_module(**kwargs) -> QwenLoRAModule:
     kwargs.setdefault("lora", LoRASettings(r=4, alpha=8, dropout=0.1))
     kwargs.setdefault("optimizer", lambda params: torch.optim.AdamW(params, lr=3e-3))
-    return QwenLoRAModule(**kwargs)
+    module = QwenLoRAModule(**kwargs)
+    module.configure_model()
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +133,26 @@ def test_model_loads_from_a_local_directory_like_a_hub_model(tmp_path):
         torch.testing.assert_close(
             from_dir.eval()(ids, torch.ones_like(ids)), from_name.eval()(ids, torch.ones_like(ids))
         )
+
+
+def test_construction_reads_no_weights_configure_model_builds_once(tmp_path, monkeypatch):
+    from transformers import AutoConfig, AutoTokenizer
+
+    import svdlora_pl.training.module as module_file
+
+    source = resolve_model_path(TINY_MODEL)
+    AutoConfig.from_pretrained(source).save_pretrained(tmp_path)  # config and tokenizer, no weight file
+    AutoTokenizer.from_pretrained(source).save_pretrained(tmp_path)
+    loads = []
+    real = module_file.load_causal_lm
+    monkeypatch.setattr(module_file, "load_causal_lm", lambda *a: loads.append(a) or real(*a))
+    module = QwenLoRAModule(model_name_or_path=str(tmp_path))
+    assert module.model is None and loads == [] and not list(tmp_path.glob("*.safetensors"))
+    built = QwenLoRAModule()
+    built.configure_model()
+    first = built.model
+    built.configure_model()  # idempotent: Lightning calls it in every fit/validate/test/predict
+    assert built.model is first and len(loads) == 1
 
 
 def test_missing_model_directory_is_an_input_error(tmp_path):
