@@ -18,6 +18,7 @@ Enable it in any LightningCLI run::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import lightning.pytorch as pl
 import numpy as np
@@ -28,8 +29,10 @@ from typing_extensions import override
 
 from svdlora_pl.callbacks.step_monitor import LoRAStepMonitor
 from svdlora_pl.lora.layers import short_name
-from svdlora_pl.plots import close_figures, energy_heatmap, spectra_plot
 from svdlora_pl.spectral import spectrum_summary, svdvals_of_modules
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 AGGREGATES = ("mean", "min", "max")
 
@@ -121,20 +124,25 @@ class LoRASpectrumMonitor(LoRAStepMonitor):
         loggers = self._tensorboards(trainer)
         if not loggers:
             return
+        figures = self.figures(trainer.global_step)
+        for logger in loggers:
+            for tag, figure in figures.items():
+                logger.experiment.add_figure(tag, figure, trainer.global_step, close=False)
+
+    def figures(self, step: int) -> dict[str, Figure]:
+        """The figures logged at a validation end, by tag: the energy heat map and a few layers' spectra."""
+        from svdlora_pl.plots import energy_heatmap, spectra_plot
+
         with torch.no_grad():
             spectra = {name: s.cpu() for name, s in self.spectra().items()}
         k = self.ranks[-1]
         energy = {name: spectrum_summary(s, [k])[f"energy@{k}"] for name, s in spectra.items()}
         names = list(spectra)
         picks = [names[i] for i in np.linspace(0, len(names) - 1, min(self.figure_layers, len(names))).astype(int)]
-        figures = {
-            f"spectrum_fig/energy@{k}": energy_heatmap(energy, f"energy@{k} at step {trainer.global_step}"),
+        return {
+            f"spectrum_fig/energy@{k}": energy_heatmap(energy, f"energy@{k} at step {step}"),
             "spectrum_fig/spectra": spectra_plot({n: spectra[n].numpy() for n in picks}, "LoRA singular values"),
         }
-        for logger in loggers:
-            for tag, figure in figures.items():
-                logger.experiment.add_figure(tag, figure, trainer.global_step, close=False)
-        close_figures(figures.values())
 
     @staticmethod
     def _tensorboards(trainer: pl.Trainer) -> list[TensorBoardLogger]:

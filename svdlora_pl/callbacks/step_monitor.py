@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
+from svdlora_pl.errors import TrainingDiverged
 from svdlora_pl.lora.layers import LoRALayerRef, find_lora_layers
 
 
@@ -81,16 +82,22 @@ class LoRAStepMonitor(OptimizerStepCallback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        if not trainer.loggers:
+        if stage == "fit" and not trainer.loggers:
             raise MisconfigurationException(f"{type(self).__name__} needs a logger: the Trainer has none")
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After configure_model: a module that builds its model there has its LoRA layers now, not at setup.
         self.layers = find_lora_layers(pl_module, self.adapter_name)
         if not self.layers:
             raise MisconfigurationException(
                 f"{type(self).__name__}: no PEFT LoRA layers with adapter {self.adapter_name!r} "
                 f"in {type(pl_module).__name__}"
             )
+        self.on_layers_found(trainer, pl_module)
+
+    def on_layers_found(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Prepare per-layer state once :attr:`layers` is known (at fit start); nothing by default."""
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -101,9 +108,17 @@ class LoRAStepMonitor(OptimizerStepCallback):
     @override
     def on_interval(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
+            self.check_finite(trainer.global_step)
             with torch.no_grad():
                 metrics = self.measure(trainer, pl_module)
             self.log_metrics(trainer, metrics, self.histograms())
+
+    def check_finite(self, step: int) -> None:
+        """Raise :class:`~svdlora_pl.errors.TrainingDiverged` naming the first layer whose B or A is not finite."""
+        for ref in self.layers:
+            for factor, tensor in (("B", ref.B), ("A", ref.A)):
+                if not bool(torch.isfinite(tensor).all()):
+                    raise TrainingDiverged(f"LoRA factor {factor} holds NaN or infinite values", step, ref.name)
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         """The scalars to log at this step; implemented by subclasses."""

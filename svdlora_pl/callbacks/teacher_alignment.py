@@ -91,10 +91,7 @@ class TeacherAlignmentMonitor(LoRAStepMonitor):
         return self._generate_state_key(factors=self.factors, every_n_steps=self.every_n_steps)
 
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage != "fit":
-            return
+    def on_layers_found(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         teacher = factors_for_layers(self.factors, self.layers)
         for ref in self.layers:
             B, A = teacher[ref.name]

@@ -12,6 +12,7 @@ from helpers import make_trainer, read_scalars
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from svdlora_pl.callbacks import LoRASpectrumMonitor
+from svdlora_pl.errors import TrainingDiverged
 from svdlora_pl.lora.settings import LoRASettings
 from svdlora_pl.training.datamodule import QADataModule
 from svdlora_pl.training.module import QwenLoRAModule
@@ -72,11 +73,42 @@ def test_start_is_the_documented_zero_update_and_values_match_dense_svd(monitore
 def test_histograms_and_figures_reach_tensorboard(monitored_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    _, _, log_dir = monitored_run
+    module, monitor, log_dir = monitored_run
     events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "histograms": 0})
     events.Reload()
-    assert "spectrum_sv/layers.0.self_attn.q_proj" in events.Tags()["histograms"]
     assert {"spectrum_fig/energy@4", "spectrum_fig/spectra"} <= set(events.Tags()["images"])
+    # the last histogram holds the singular values of the final update (measured after the last optimizer step)
+    layer = "layers.0.self_attn.q_proj"
+    (ref,) = [r for r in monitor.layers if r.name == f"model.{layer}"]
+    sigma = np.linalg.svd((ref.scaling * ref.B.detach().double() @ ref.A.detach().double()).numpy(), compute_uv=False)
+    histogram = events.Histograms(f"spectrum_sv/{layer}")[-1].histogram_value
+    assert histogram.num == 4
+    assert histogram.sum == pytest.approx(sigma[:4].sum(), rel=1e-6)
+    assert histogram.max == pytest.approx(sigma[0], rel=1e-6) and histogram.min == pytest.approx(sigma[3], rel=1e-6)
+
+
+def test_heat_map_shows_the_logged_energy_of_every_layer(monitored_run):
+    _, monitor, log_dir = monitored_run
+    scalars = read_scalars(log_dir)
+    step, final = 4, {key: series[-1] for key, series in scalars.items() if key.startswith("spectrum/energy@4/layers.")}
+    assert {s for s, _ in final.values()} == {step}  # the weights now are the ones measured at step 4
+    image = monitor.figures(step)["spectrum_fig/energy@4"].axes[0].images[0].get_array()
+    for key, (_, value) in final.items():
+        layer, kind = key.removeprefix("spectrum/energy@4/layers.").split(".", 1)
+        column = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].index(kind.split(".")[1])
+        assert image[int(layer), column] == pytest.approx(value, rel=1e-6)
+
+
+def test_non_finite_factors_are_a_divergence_naming_step_and_layer(tmp_path):
+    module = tiny_module()
+    module.configure_model()
+    monitor = LoRASpectrumMonitor()
+    trainer = make_trainer(tmp_path)
+    monitor.on_fit_start(trainer, module)
+    with torch.no_grad():
+        monitor.layers[5].A[0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match=rf"step 0 in {monitor.layers[5].name}: LoRA factor A"):
+        monitor.on_interval(trainer, module)
 
 
 class PeftMLP(pl.LightningModule):
@@ -120,7 +152,7 @@ def test_fails_fast_without_lora_layers(tmp_path):
     module = PeftMLP()
     module.net = module.net.unload()  # the plain MLP, LoRA layers removed
     with pytest.raises(MisconfigurationException, match="no PEFT LoRA layers"):
-        LoRASpectrumMonitor().setup(make_trainer(tmp_path), module, "fit")
+        LoRASpectrumMonitor().on_fit_start(make_trainer(tmp_path), module)
 
 
 @pytest.mark.parametrize("kwargs", [{"every_n_steps": 0}, {"ranks": []}, {"ranks": [0]}, {"figure_layers": 0}])

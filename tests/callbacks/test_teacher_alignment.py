@@ -22,6 +22,7 @@ from svdlora_pl.training.module import QwenLoRAModule
 def module() -> QwenLoRAModule:
     torch.manual_seed(0)
     module = QwenLoRAModule(lora=LoRASettings(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "down_proj"]))
+    module.configure_model()
     for ref in find_lora_layers(module):
         torch.nn.init.normal_(ref.B, std=0.05)  # a non-zero update
     return module
@@ -39,7 +40,7 @@ def own_update_factors(module: QwenLoRAModule, perturb: float = 0.0) -> dict:
 def test_teacher_equal_to_the_lora_update_gives_zero_error_and_full_alignment(module, tmp_path):
     save_factors(tmp_path / "teacher.safetensors", own_update_factors(module))
     monitor = TeacherAlignmentMonitor(str(tmp_path / "teacher.safetensors"))
-    monitor.setup(make_trainer(tmp_path), module, "fit")
+    monitor.on_fit_start(make_trainer(tmp_path), module)
     for values in monitor.layer_metrics().values():
         assert values["relative_error"] == pytest.approx(0.0, abs=1e-6)
         assert values["left_alignment"] == pytest.approx(1.0, abs=1e-6)
@@ -50,7 +51,7 @@ def test_values_match_dense_float64(module, tmp_path):
     teacher = own_update_factors(module, perturb=0.05)
     save_factors(tmp_path / "teacher.safetensors", teacher)
     monitor = TeacherAlignmentMonitor(str(tmp_path / "teacher.safetensors"))
-    monitor.setup(make_trainer(tmp_path), module, "fit")
+    monitor.on_fit_start(make_trainer(tmp_path), module)
     metrics = monitor.layer_metrics()
     for ref in find_lora_layers(module):
         B_t, A_t = teacher[ref.name]
@@ -72,7 +73,7 @@ def test_zero_lora_update_is_documented(module, tmp_path):
     for ref in find_lora_layers(module):
         torch.nn.init.zeros_(ref.B)
     monitor = TeacherAlignmentMonitor(str(tmp_path / "teacher.safetensors"))
-    monitor.setup(make_trainer(tmp_path), module, "fit")
+    monitor.on_fit_start(make_trainer(tmp_path), module)
     for values in monitor.layer_metrics().values():
         assert values["relative_error"] == pytest.approx(1.0, abs=1e-12)
         assert values["left_alignment"] == values["right_alignment"] == 0.0
@@ -95,7 +96,7 @@ def test_missing_modules_are_named(module, tmp_path):
     save_factors(tmp_path / "teacher.safetensors", factors)
     monitor = TeacherAlignmentMonitor(str(tmp_path / "teacher.safetensors"))
     with pytest.raises(InputError, match=r"missing: \['model.layers.2.self_attn.q_proj'\]"):
-        monitor.setup(make_trainer(tmp_path), module, "fit")
+        monitor.on_fit_start(make_trainer(tmp_path), module)
 
 
 def test_shape_mismatch_is_named(module, tmp_path):
@@ -105,7 +106,7 @@ def test_shape_mismatch_is_named(module, tmp_path):
     save_factors(tmp_path / "teacher.safetensors", factors)
     monitor = TeacherAlignmentMonitor(str(tmp_path / "teacher.safetensors"))
     with pytest.raises(InputError, match=r"model.layers.0.mlp.down_proj: teacher update is \(127, 352\)"):
-        monitor.setup(make_trainer(tmp_path), module, "fit")
+        monitor.on_fit_start(make_trainer(tmp_path), module)
 
 
 def test_missing_file():
