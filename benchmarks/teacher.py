@@ -6,7 +6,7 @@ Run (from the repository root, with the package installed)::
     python benchmarks/teacher.py                  # 28 layers × 7 modules = 196, Qwen2.5-7B shapes, 2 threads
     python benchmarks/teacher.py --layers 2       # a quick run on 2 layers
     python benchmarks/teacher.py --check          # exit code 1 if a target is missed
-    python benchmarks/teacher.py --cli            # phases through `svdlora synthesize` / `svdlora factorize` (run())
+    python benchmarks/teacher.py --cli            # phases through the tools' functions synthesize() / factorize()
     python benchmarks/teacher.py --dense-all      # also time one dense SVD per distinct shape (minutes)
 
 Setup (not measured): a random rank-16 float32 adapter with the real shapes (out×in: q_proj and o_proj
@@ -18,11 +18,13 @@ inside it:
 
 * **synthesize**: :func:`~svdlora_pl.lora.adapters.read_adapter`, :func:`~svdlora_pl.teacher.synthesis.synthesize_adapter` (rank
   64, noise 0.1, decay 0.1: the ``svdlora synthesize`` defaults), :func:`~svdlora_pl.teacher.synthesis.save_synthesized`;
-* **factorize**: :func:`~svdlora_pl.lora.factor_files.load_factors` of the teacher, :func:`svdlora_pl.teacher.factorize.factorize`
-  (rank 16, split sqrt), :func:`~svdlora_pl.lora.factor_files.save_factors`.
+* **factorize**: :func:`~svdlora_pl.lora.factor_files.load_factors` of the teacher,
+  :func:`~svdlora_pl.teacher.factorize.factorize_modules` (rank 16, split sqrt),
+  :func:`~svdlora_pl.lora.factor_files.save_factors`.
 
-With ``--cli`` each phase is one step instead: the ``run()`` of ``svdlora synthesize`` / ``svdlora factorize`` on
-parsed arguments, reports and figures included.
+With ``--cli`` each phase is one step instead: the function behind ``svdlora synthesize`` / ``svdlora factorize``
+(:func:`~svdlora_pl.teacher.synthesize.synthesize`, :func:`~svdlora_pl.teacher.factorize.factorize`), reports and
+figures included.
 
 Peak RSS is the high-water mark of the phase's own process after each step (``VmHWM`` of /proc/self/status;
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` where /proc is missing): interpreter, torch and the package included.
@@ -33,7 +35,7 @@ process start-up and the top-level imports are printed per phase but not counted
 
 The dense comparison, measured in the same run on ``--threads`` threads: ``torch.linalg.svd`` (float32, thin) of the
 formed ΔW of one hidden×hidden module (layer 0 q_proj of the teacher), against the factored cost of that module
-(synthesize_module + factorize, best of 5). The dense time of all modules is **extrapolated** from it by the flop
+(synthesize_module + factorize_modules, best of 5). The dense time of all modules is **extrapolated** from it by the flop
 count of a thin SVD with both bases (Golub & Van Loan: min(14mn² + 8n³, 6mn² + 20n³) for m ≥ n); ``--dense-all``
 also measures one module of each distinct shape and extrapolates by the layer count instead. The flop ratio fits
 the square and tall shapes, but torch's SVD of the wide 3584×18944 down_proj took about 3× its flop share here, so
@@ -130,13 +132,10 @@ def _synthesize_steps(args: argparse.Namespace, p: dict[str, Path]) -> list[tupl
     from svdlora_pl.teacher.synthesis import save_synthesized, synthesize_adapter
 
     if args.cli:
-        from svdlora_pl.teacher import synthesize as synthesize_cli
+        from svdlora_pl.teacher.synthesize import synthesize as synthesize_tool
 
-        argv = ["--adapter", str(p["adapter"]), "--target-rank", str(args.teacher_rank)]
-        argv += ["--noise-scale", str(args.noise_scale), "--output-dir", str(p["teacher_dir"]), "--overwrite"]
-        return [
-            ("svdlora synthesize run()", lambda _: synthesize_cli.run(synthesize_cli.build_parser().parse_args(argv)))
-        ]
+        options = {"adapter": p["adapter"], "target_rank": args.teacher_rank, "noise_scale": args.noise_scale}
+        return [("synthesize()", lambda _: synthesize_tool(p["teacher_dir"], overwrite=True, **options))]
 
     def synthesize(adapter: Any) -> Any:
         factors = {m: (f.B, f.A, f.scaling) for m, f in adapter.modules.items()}
@@ -151,14 +150,10 @@ def _synthesize_steps(args: argparse.Namespace, p: dict[str, Path]) -> list[tupl
 
 def _factorize_steps(args: argparse.Namespace, p: dict[str, Path]) -> list[tuple[str, Callable[[Any], Any]]]:
     from svdlora_pl.lora.factor_files import load_factors, save_factors
-    from svdlora_pl.teacher import factorize as factorize_cli
+    from svdlora_pl.teacher.factorize import factorize, factorize_modules
 
     if args.cli:
-        argv = ["--delta", str(p["teacher"]), "--rank", str(args.rank), "--output-dir", str(p["factors_dir"])]
-        run = factorize_cli.run
-        return [
-            ("svdlora factorize run()", lambda _: run(factorize_cli.build_parser().parse_args([*argv, "--overwrite"])))
-        ]
+        return [("factorize()", lambda _: factorize(p["factors_dir"], args.rank, delta=p["teacher"], overwrite=True))]
 
     def load(_: Any) -> Any:
         return {m: (B, A, 1.0) for m, (B, A) in load_factors(p["teacher"])[0].items()}
@@ -169,7 +164,7 @@ def _factorize_steps(args: argparse.Namespace, p: dict[str, Path]) -> list[tuple
 
     return [
         ("load_factors (teacher)", load),
-        (f"factorize (rank {args.rank})", lambda modules: factorize_cli.factorize(modules, args.rank, "sqrt")),
+        (f"factorize (rank {args.rank})", lambda modules: factorize_modules(modules, args.rank, "sqrt")),
         ("save_factors", save),
     ]
 
@@ -245,8 +240,9 @@ def dense_svd_seconds(W: torch.Tensor) -> float:
 
 
 def factored_module_seconds(B: torch.Tensor, A: torch.Tensor, scale: float, args: argparse.Namespace) -> float:
-    """Best of 5: synthesize_module (rank R) and factorize (rank r) of one module, the factored per-module cost."""
-    from svdlora_pl.teacher.factorize import factorize
+    """Best of 5: synthesize_module (rank R) and factorize_modules (rank r) of one module, the factored per-module
+    cost."""
+    from svdlora_pl.teacher.factorize import factorize_modules
     from svdlora_pl.teacher.synthesis import synthesize_module
 
     best = math.inf
@@ -254,7 +250,7 @@ def factored_module_seconds(B: torch.Tensor, A: torch.Tensor, scale: float, args
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(0)
         svd = synthesize_module(B, A, scale, args.teacher_rank, noise_scale=args.noise_scale, generator=generator).svd
-        factorize({"m": ((svd.U * svd.S).float(), svd.V.mT.float(), 1.0)}, args.rank, "sqrt")
+        factorize_modules({"m": ((svd.U * svd.S).float(), svd.V.mT.float(), 1.0)}, args.rank, "sqrt")
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -312,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads", type=int, default=2, help="torch intra-op threads everywhere (default 2: the cores)"
     )
-    parser.add_argument("--cli", action="store_true", help="phases through the CLIs' run() (reports, figures)")
+    parser.add_argument("--cli", action="store_true", help="phases through synthesize()/factorize() (reports, figures)")
     parser.add_argument("--dense-all", action="store_true", help="also time a dense SVD of every distinct shape")
     parser.add_argument("--workdir", type=Path, help="keep the files here (default: a temporary directory)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random adapter (default 0)")
@@ -337,7 +333,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> bool:
     print(
         f"teacher synthesis + factor export: {args.layers} layers × {len(MODULES)} = {len(shapes)} modules ({dims}), "
         f"LoRA rank {args.lora_rank} → teacher rank {args.teacher_rank} → factors rank {args.rank}, noise "
-        f"{args.noise_scale:g}; torch {torch.__version__}, {args.threads} thread(s); {'CLI run()' if args.cli else 'library calls'}"
+        f"{args.noise_scale:g}; torch {torch.__version__}, {args.threads} thread(s); {'tool functions' if args.cli else 'library calls'}"
     )
     print(f"load average at start (other processes share the cores): {os.getloadavg()[0]:.2f}")
     print(f"{'phase':<11} {'step':<34} {'wall s':>8} {'peak MiB':>10}")

@@ -3,6 +3,7 @@ spectrum (:mod:`.metrics`), dense and randomized SVD and factor splitting (:mod:
 (:mod:`.cholesky`), thread control (:mod:`.threads`). Torch only; nothing here forms an out×in matrix unless given one.
 """
 
+from svdlora_pl.spectral.cholesky import CHOLESKY_MAX_COND, gram_svd, guarded_cholesky
 from svdlora_pl.spectral.dense import dense_svd, split_factors, truncate
 from svdlora_pl.spectral.factored import (
     FactoredSVD,
@@ -28,8 +29,8 @@ from svdlora_pl.spectral.metrics import (
 from svdlora_pl.spectral.threads import cpu_threads
 
 __all__ = [
-    "FactoredSVD", "Scale", "batched_factored_svdvals", "cpu_threads", "dense_svd", "effective_rank", "energy_ratio",
-    "factored_inner", "factored_relative_error", "factored_svd", "factored_svdvals", "frobenius_norm",
-    "reconstruction_error", "spectral_norm", "spectrum_summary", "split_factors", "stable_rank", "subspace_alignment",
-    "subspace_cosines", "svdvals_of_modules", "truncate",
+    "CHOLESKY_MAX_COND", "FactoredSVD", "Scale", "batched_factored_svdvals", "cpu_threads", "dense_svd",
+    "effective_rank", "energy_ratio", "factored_inner", "factored_relative_error", "factored_svd", "factored_svdvals",
+    "frobenius_norm", "gram_svd", "guarded_cholesky", "reconstruction_error", "spectral_norm", "spectrum_summary",
+    "split_factors", "stable_rank", "subspace_alignment", "subspace_cosines", "svdvals_of_modules", "truncate",
 ]  # fmt: skip

@@ -1,4 +1,6 @@
-"""The SVD of one dense teacher update ΔW, exact or randomized, and the command-line options that choose it.
+"""The SVD of one dense teacher update ΔW, exact or randomized (:class:`SVDOptions`), streamed over the modules of a
+full fine-tune (:func:`delta_svds`), and the checks of a full fine-tune source shared by ``factorize`` and
+``synthesize`` (:func:`check_source`, :func:`open_checked_pair`).
 
 Precision: ΔW is computed in float32 (float64 for float64 checkpoints) from the two stored tensors, so it is the
 difference of what is on disk, correctly rounded (exact for entries within a factor 2 of each other, the usual
@@ -6,7 +8,7 @@ case in fine-tuning); ``‖ΔW‖_F²`` is summed in float64. The SVD runs in fl
 values are within ~1e-6 relative of a float64 SVD (measured), far below what fine-tuning noise changes, at half the
 memory and time of float64.
 
-Exact or randomized (``SVDOptions``; measured at r = 16, oversample 10, on 2 shared CPU cores): ``exact`` takes
+Exact or randomized (measured at r = 16, oversample 10, on 2 shared CPU cores): ``exact`` takes
 50-65 s for one 3584×3584 module (a 7B q_proj), ``randomized`` 0.5-1.7 s. Its accuracy depends on how fast σ decays
 past r (error ∝ (σ_{r+11}/σ_r)^(2·niter+1)). Max relative error of σ₁..σ_r / min principal cosine of the top-r left
 subspace / rank-r relative error vs the optimum, for niter 0, 2, 4:
@@ -24,10 +26,9 @@ matrices are small, ``randomized`` for 7B-size models.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -36,23 +37,29 @@ import torch
 from torch import Tensor
 
 from svdlora_pl.errors import InputError
+from svdlora_pl.io import check_output_dir
 from svdlora_pl.lora.settings import QWEN_LINEAR_MODULES
 from svdlora_pl.spectral import FactoredSVD, dense_svd, truncate
-from svdlora_pl.embedded.tiny import resolve_model_path
+from svdlora_pl.teacher.full_finetune import WeightPair, open_pair
+from svdlora_pl.training.loading import local_model_dir
+
+log = logging.getLogger(__name__)
 
 _ENERGY_CHUNK = 1 << 22  # elements per float64 chunk when summing ‖ΔW‖_F² (32 MiB)
+PROGRESS_MIN_ELEMENTS = 1 << 24
+"""A progress bar runs over the modules from this many ΔW entries on (16.8M: seconds of SVD on a CPU)."""
 
 
 @dataclass(frozen=True)
 class SVDOptions:
-    """How each dense ΔW is decomposed.
+    """How each dense ΔW of a full fine-tune is decomposed.
 
     Args:
-        method: ``exact`` (``torch.linalg.svd``: the full spectrum) or ``randomized`` (``torch.svd_lowrank``: the
-            top ``rank`` triplets, O(mn·q·(niter+1)) with q = rank + oversample).
-        niter: power iterations of the randomized SVD (>= 0).
-        oversample: extra columns of its random test matrix (>= 0).
-        seed: seed of its test matrix (deterministic; the global RNG is untouched).
+        method: Exact (torch.linalg.svd: the whole spectrum) or randomized (torch.svd_lowrank: the top rank
+            triplets, O(mn·q·(niter+1)) with q = rank + oversample; much faster on large modules).
+        niter: Power iterations of the randomized SVD (>= 0).
+        oversample: Extra columns of its random test matrix (>= 0).
+        seed: Seed of its random test matrix (deterministic; the global RNG is untouched).
     """
 
     method: Literal["exact", "randomized"] = "exact"
@@ -62,11 +69,11 @@ class SVDOptions:
 
     def __post_init__(self) -> None:
         if self.method not in ("exact", "randomized"):
-            raise InputError(f"--svd: must be exact or randomized, got {self.method!r}")
+            raise InputError(f"svd.method: must be exact or randomized, got {self.method!r}")
         if self.niter < 0:
-            raise InputError(f"--niter: must be >= 0, got {self.niter}")
+            raise InputError(f"svd.niter: must be >= 0, got {self.niter}")
         if self.oversample < 0:
-            raise InputError(f"--oversample: must be >= 0, got {self.oversample}")
+            raise InputError(f"svd.oversample: must be >= 0, got {self.oversample}")
 
     @property
     def kind(self) -> str:
@@ -131,69 +138,67 @@ def delta_svd(delta: Tensor, rank: int, options: SVDOptions) -> DeltaSVD:
     return DeltaSVD(svd, svd.S, False, total)
 
 
-# ---------------------------------------------------------------- command-line pieces shared by factorize/synthesize
-_DENSE_ONLY = ("finetuned", "svd", "niter", "oversample", "target_modules")
+def delta_svds(pair: WeightPair, rank: int, options: SVDOptions, desc: str) -> Iterator[tuple[str, DeltaSVD]]:
+    """Yield ``(module, result)``, the rank-``rank`` :class:`DeltaSVD` of every ΔW of ``pair``, one ΔW at a time.
+
+    A progress bar (``desc``) runs over the modules of large models (:data:`PROGRESS_MIN_ELEMENTS`); once all are
+    done, one warning says how many had ΔW = 0 (left unchanged or frozen by the fine-tune).
+    """
+    from tqdm.auto import tqdm
+
+    zero: list[str] = []
+    disable = pair.elements < PROGRESS_MIN_ELEMENTS
+    with tqdm(total=len(pair.shapes), desc=desc, unit="module", disable=disable) as bar:
+        for name, delta in pair.deltas():  # not through tqdm's iterator, which would keep the previous ΔW alive
+            result = delta_svd(delta, rank, options)
+            del delta
+            if result.total_energy == 0:
+                zero.append(name)
+            yield name, result
+            bar.update()
+    if zero:
+        log.warning(
+            "%d of %d modules have ΔW = 0 (unchanged by the fine-tune), e.g. %s", len(zero), len(pair.shapes), zero[0]
+        )
 
 
-def add_full_finetune_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--finetuned``, ``--svd``, ``--niter``, ``--oversample`` and ``--target-modules`` (``--base`` is added
-    by the caller, in its group of mutually exclusive sources). Defaults are None, so that giving one of them
-    without ``--base`` is detected (:func:`full_finetune_options`)."""
-    parser.add_argument(
-        "--finetuned", metavar="MODEL", help="fully fine-tuned model, same architecture as --base (needs --base)"
-    )
-    parser.add_argument(
-        "--svd",
-        choices=["exact", "randomized"],
-        help="SVD of each dense ΔW (with --base): exact (torch.linalg.svd, full spectrum; default) or randomized "
-        "(torch.svd_lowrank, top r only; much faster on large modules)",
-    )
-    parser.add_argument("--niter", type=int, help="power iterations of --svd randomized (>= 0; default 4)")
-    parser.add_argument("--oversample", type=int, help="oversampling of --svd randomized (>= 0; default 10)")
-    parser.add_argument(
-        "--target-modules",
-        nargs="+",
-        metavar="NAME",
-        help=f"last names of the modules to difference (with --base; default: {' '.join(QWEN_LINEAR_MODULES)})",
-    )
-
-
-def full_finetune_options(args: argparse.Namespace, seed: int | None) -> SVDOptions | None:
-    """The :class:`SVDOptions` of a ``--base``/``--finetuned`` command line, or None without ``--base``.
+def check_source(
+    sources: Mapping[str, object], finetuned: str | None, svd: SVDOptions, target_modules: Sequence[str] | None
+) -> None:
+    """Check that exactly one of ``sources`` (name -> value, None when not given; ``base`` among them) is given, and
+    the options of a full fine-tune (``finetuned``, ``svd``, ``target_modules``) only with ``base``.
 
     Raises:
-        InputError: ``--base`` without ``--finetuned``, or a dense-only option without ``--base``.
+        InputError: none or two sources, ``base`` without ``finetuned``, or an option of a full fine-tune without
+            ``base``.
     """
-    if args.base is None:
-        given = [name for name in _DENSE_ONLY if getattr(args, name) is not None]
+    if sources.get("base") is None:
+        dense = {"finetuned": finetuned, "svd": None if svd == SVDOptions() else svd, "target_modules": target_modules}
+        given = [name for name, value in dense.items() if value is not None]
         if given:
-            raise InputError(f"--{given[0].replace('_', '-')}: only with --base")
-        return None
-    if args.finetuned is None:
-        raise InputError("--base: needs --finetuned (the fully fine-tuned model)")
-    default = SVDOptions()
-    return SVDOptions(
-        args.svd or default.method,
-        default.niter if args.niter is None else args.niter,
-        default.oversample if args.oversample is None else args.oversample,
-        default.seed if seed is None else seed,
-    )
+            raise InputError(f"{given[0]}: only with base (a full fine-tune)")
+    elif finetuned is None:
+        raise InputError("base: needs finetuned (the fully fine-tuned model)")
+    chosen = [name for name, value in sources.items() if value is not None]
+    if not chosen:
+        names = list(sources)
+        raise InputError(f"{', '.join(names[:-1])} or {names[-1]}: give one source")
+    if len(chosen) > 1:
+        raise InputError(f"{chosen[1]}: not with {chosen[0]} (give one source)")
+
+
+def open_checked_pair(
+    output_dir: Path, base: str, finetuned: str, target_modules: Sequence[str] | None, overwrite: bool
+) -> WeightPair:
+    """The :class:`WeightPair` of a full fine-tune source, after checking that ``output_dir`` may be written (it is
+    not inside a local model directory, and is empty or ``overwrite``)."""
+    local = [path for path in map(local_model_dir, (base, finetuned)) if path is not None]
+    check_output_dir(output_dir, local, overwrite)
+    return open_pair(base, finetuned, target_names(target_modules))
 
 
 def target_names(given: Sequence[str] | None) -> tuple[str, ...]:
-    """``--target-modules`` values (space- or comma-separated), or the default Qwen2 projections."""
+    """``target_modules`` (each entry may be comma-separated), or the default Qwen2 projections."""
     if given is None:
         return tuple(QWEN_LINEAR_MODULES)
     return tuple(dict.fromkeys(name.strip() for item in given for name in item.split(",") if name.strip()))
-
-
-def local_inputs(*names: str) -> list[Path]:
-    """The local directories among model names (for ``check_output_dir``); Hub names are left out."""
-    paths = [resolve_model_path(name) for name in names]
-    return [Path(p).expanduser() for p in paths if p.startswith((".", "/", "~")) or Path(p).expanduser().exists()]
-
-
-def warn_unchanged(zero: Sequence[str], modules: int, log: logging.Logger) -> None:
-    """One warning naming how many of ``modules`` have ΔW = 0 (``zero``: left unchanged or frozen by the fine-tune)."""
-    if zero:
-        log.warning("%d of %d modules have ΔW = 0 (unchanged by the fine-tune), e.g. %s", len(zero), modules, zero[0])

@@ -1,13 +1,14 @@
 """SVD analysis of per-module updates ΔW at one rank r: the JSON dict, its text rendering and the 4-panel figure.
 
-Used by ``svdlora factorize`` (:mod:`svdlora_pl.teacher.factorize`). Per module (k = min(out, in, source rank)):
+Used by :func:`svdlora_pl.teacher.factorize.factorize` (``svdlora factorize``). Per module (k = min(out, in, source
+rank)):
 
 - ``singular_values``: all k of them, descending;
 - ``energy_ratio`` = Σ_{i≤r} σᵢ² / Σ σᵢ² and ``relative_error`` = √(Σ_{i>r} σᵢ²) / √(Σ σᵢ²), the Eckart–Young
   optimum that the rank-r truncation reaches; ``effective_rank`` (Roy & Vetterli);
 - ``rank``: the rank used, min(r, k); ``clamped``: true when r > k;
 - ``total_energy`` = ‖ΔW‖_F²; ``spectrum_complete``: false when only the top singular values are known (a randomized
-  SVD of a dense ΔW, ``--svd randomized``): energy ratio and error are then taken against the total energy computed
+  SVD of a dense ΔW, ``svd.method`` randomized): energy ratio and error are then taken against the total energy computed
   from the dense matrix, the discarded energy being ‖ΔW‖_F² − Σ_{i≤r} σᵢ² (clamped at 0), and the effective rank
   is that of the known values only.
 
@@ -19,15 +20,17 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
 from torch import Tensor
 
-from svdlora_pl import plots  # noqa: F401  (selects the headless Agg backend before pyplot is imported)
+from svdlora_pl.plots import new_figure
 from svdlora_pl.spectral import effective_rank, energy_ratio, frobenius_norm, reconstruction_error
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 ENERGY_THRESHOLD = 0.9
 ERROR_THRESHOLD = 0.1
@@ -166,17 +169,41 @@ def format_report(analysis: Mapping[str, Any]) -> str:
             "randomized SVD: only the top r singular values are known; energy ratio and relative error use ‖ΔW‖²_F "
             "computed from the dense matrix, the effective rank only the known values.",
         ]
-    lines += ["", f"  {'module':<52} {'shape':>11} {'rank':>5} {'energy':>8} {'rel_err':>8} {'eff_rank':>8}"]
-    for name, m in analysis["modules"].items():
-        shape = f"{m['shape'][0]}×{m['shape'][1]}"
-        rank = f"{m['rank']}{'*' if m['clamped'] else ''}"
-        lines.append(
-            f"  {name:<52} {shape:>11} {rank:>5} {m['energy_ratio']:>8.4f} {m['relative_error']:>8.4f} "
-            f"{m['effective_rank']:>8.2f}"
-        )
+    columns = [("shape", "shape", ">11"), ("rank", "rank", ">5"), ("energy", "energy_ratio", ">8.4f"),
+               ("rel_err", "relative_error", ">8.4f"), ("eff_rank", "effective_rank", ">8.2f")]  # fmt: skip
+    lines += ["", *module_table(analysis["modules"], columns, name_width=52, indent="  ")]
     if s["clamped_modules"]:
         lines.append("  (* clamped)")
     return "\n".join(lines) + "\n"
+
+
+def module_table(
+    modules: Mapping[str, Mapping[str, Any]], columns: Sequence[tuple[str, str, str]], name_width: int, indent: str = ""
+) -> list[str]:
+    """A text table of per-module entries: a header, then one row per module.
+
+    Args:
+        modules: module name -> its report entry.
+        columns: (title, entry key, format spec such as ``>8.4f``) of each column after the module name; ``shape``
+            is written ``out×in`` and ``rank`` gets a ``*`` where the entry is ``clamped``.
+        name_width: width of the module-name column.
+        indent: prefix of every line.
+    """
+
+    def cell(entry: Mapping[str, Any], key: str) -> Any:
+        if key == "shape":
+            return f"{entry['shape'][0]}×{entry['shape'][1]}"
+        if key == "rank" and "clamped" in entry:
+            return f"{entry['rank']}{'*' if entry['clamped'] else ''}"
+        return entry[key]
+
+    widths = [spec.partition(".")[0].rstrip("efg") for _, _, spec in columns]
+    header = " ".join(f"{title:{width}}" for (title, _, _), width in zip(columns, widths, strict=True))
+    rows = [f"{indent}{'module':<{name_width}} {header}"]
+    for name, entry in modules.items():
+        values = " ".join(f"{cell(entry, key):{spec}}" for _, key, spec in columns)
+        rows.append(f"{indent}{name:<{name_width}} {values}")
+    return rows
 
 
 def _shown_spectra(modules: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -190,8 +217,6 @@ def _shown_spectra(modules: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 def analysis_figure(analysis: Mapping[str, Any]) -> Figure:
     """4 panels: relative-error histogram, energy-ratio histogram, spectra of a few modules, error vs energy."""
-    import matplotlib.pyplot as plt
-
     modules, rank = analysis["modules"], analysis["rank"]
     errors = np.array([m["relative_error"] for m in modules.values()])
     energies = np.array([m["energy_ratio"] for m in modules.values()])
@@ -199,7 +224,7 @@ def analysis_figure(analysis: Mapping[str, Any]) -> Figure:
     # bins span the data and the threshold line, so bars stay visible next to it
     error_bins = np.linspace(0.0, max(float(errors.max()), ERROR_THRESHOLD) * 1.02, count + 1)
     energy_bins = np.linspace(min(float(energies.min()), ENERGY_THRESHOLD) - 0.01, 1.0, count + 1)
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), layout="constrained")
+    fig, axes = new_figure((11, 8), 2, 2)
     (ax_err, ax_en), (ax_spec, ax_sc) = axes
 
     ax_err.hist(errors, bins=error_bins, color="tab:red", alpha=0.8)

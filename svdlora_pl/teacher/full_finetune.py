@@ -9,7 +9,7 @@ Usage::
     for name, delta in pair.deltas():                                  # one module at a time
         result = delta_svd(delta, 16, SVDOptions("randomized", niter=4))
 
-Model sources (``--base`` / ``--finetuned``): the embedded tiny name ``svdlora:tiny-qwen2`` (its cached
+Model sources (``base`` / ``finetuned``): the embedded tiny name ``svdlora:tiny-qwen2`` (its cached
 ``save_pretrained`` directory), a local ``save_pretrained`` directory with ``model.safetensors`` or a sharded
 ``model.safetensors.index.json``, or a Hugging Face Hub name, fetched through
 ``huggingface_hub.snapshot_download(allow_patterns=["*.safetensors", "*.json"])`` (the local HF cache first;
@@ -41,7 +41,7 @@ from torch import Tensor
 from svdlora_pl.errors import InputError
 from svdlora_pl.io import open_safetensors
 from svdlora_pl.lora.settings import QWEN_LINEAR_MODULES
-from svdlora_pl.embedded.tiny import resolve_model_path
+from svdlora_pl.training.loading import local_model_dir
 
 ARCH_FIELDS = (
     "model_type",
@@ -58,8 +58,6 @@ INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 HUB_PATTERNS = ["*.safetensors", "*.json"]
 _PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
-PROGRESS_MIN_ELEMENTS = 1 << 24
-"""Commands show a progress bar over the modules from this many ΔW entries on (16.8M: seconds of SVD on a CPU)."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,7 @@ class Checkpoint:
 
     Args:
         name: the model as the user gave it.
-        role: the option that named it (``--base``, ``--finetuned``), for messages.
+        role: the option that named it (``base``, ``finetuned``), for messages.
         directory: the ``save_pretrained`` directory (the Hub snapshot for a Hub name).
         config: the parsed ``config.json``.
         files: tensor key -> safetensors file holding it.
@@ -87,16 +85,15 @@ class Checkpoint:
 
 def _locate(name: str, role: str) -> Path:
     """Directory of a model: the tiny name's cache, a local directory, or a Hub snapshot (cache first)."""
-    path = resolve_model_path(name)
-    local = Path(path).expanduser()
-    if path.startswith((".", "/", "~")) or local.exists():
+    local = local_model_dir(name)
+    if local is not None:
         if not local.is_dir():
             raise InputError(f"{role}: {name}: no such model directory")
         return local
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(path, allow_patterns=HUB_PATTERNS))
+        return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS))
     except Exception as error:  # the Hub boundary: network, cache, validation and HTTP errors all mean "not found"
         detail = (str(error).strip().splitlines() or [""])[0]
         raise InputError(
@@ -140,7 +137,7 @@ def _weight_map(directory: Path, role: str) -> tuple[dict[str, Path], Path]:
             "run code): re-save the model with save_pretrained (safetensors)"
         )
     if (directory / "adapter_config.json").is_file():
-        raise InputError(f"{role}: {directory}: a PEFT adapter, not a full model (use --adapter)")
+        raise InputError(f"{role}: {directory}: a PEFT adapter, not a full model (use adapter)")
     raise InputError(f"{role}: {directory}: no {SINGLE_NAME} or {INDEX_NAME}")
 
 
@@ -150,7 +147,7 @@ def _header(file: Path) -> dict[str, tuple[int, ...]]:
         return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
 
 
-def resolve_checkpoint(name: str, role: str = "--base") -> Checkpoint:
+def resolve_checkpoint(name: str, role: str = "base") -> Checkpoint:
     """Resolve a tiny name, local directory or Hub name to a :class:`Checkpoint` (headers read, no weights).
 
     Raises:
@@ -212,7 +209,7 @@ def plan_modules(base: Checkpoint, finetuned: Checkpoint, targets: Sequence[str]
     for target in targets:
         if target not in leaves:
             known = sorted({k.rpartition(".")[0].rpartition(".")[2] for k, s in base.shapes.items() if len(s) == 2})
-            raise InputError(f"--target-modules: {target!r} matches no 2-D weight of {base.index} ({', '.join(known)})")
+            raise InputError(f"target_modules: {target!r} matches no 2-D weight of {base.index} ({', '.join(known)})")
     for module, key in _target_keys(finetuned, targets).items():
         if module not in modules:
             raise InputError(f"{base.index}: {key}: missing ({finetuned.role} {finetuned.index} has it)")
@@ -301,8 +298,8 @@ def open_pair(base: str, finetuned: str, targets: Sequence[str] = tuple(QWEN_LIN
     """
     targets = tuple(dict.fromkeys(targets))
     if not targets:
-        raise InputError("--target-modules: name at least one module")
-    base_ckpt = resolve_checkpoint(base, "--base")
-    finetuned_ckpt = resolve_checkpoint(finetuned, "--finetuned")
+        raise InputError("target_modules: name at least one module")
+    base_ckpt = resolve_checkpoint(base, "base")
+    finetuned_ckpt = resolve_checkpoint(finetuned, "finetuned")
     check_same_architecture(base_ckpt, finetuned_ckpt)
     return WeightPair(base_ckpt, finetuned_ckpt, plan_modules(base_ckpt, finetuned_ckpt, targets), targets)

@@ -14,7 +14,8 @@ teacher of rank R (``target_rank``, r ≤ R ≤ min(m, n)) is built in three ste
    matrix G (sampled in float32, torch's vectorized sampler, then used in float64), project out U_r,
    G' = G − U_r·P with P = U_rᵀ·G, and orthonormalize G' by Cholesky QR: G'ᵀG' = GᵀG − PᵀP = L·Lᵀ and
    U⊥ = G'·L⁻ᵀ. U⊥ is never formed: a product [U_r | U⊥]·W is computed as U_r·(W₁ − P·L⁻ᵀW₂) + G·(L⁻ᵀW₂), one
-   pass over the m rows. Cholesky QR is exact to rounding when ‖G‖₂/σ_min(G') ≤ 100 (a Gaussian G with
+   pass over the m rows. Cholesky QR is exact to rounding when ‖G‖₂/σ_min(G') ≤ 100
+   (:data:`svdlora_pl.spectral.CHOLESKY_MAX_COND`, :func:`svdlora_pl.spectral.guarded_cholesky`; a Gaussian G with
    m ≫ R − r gives 1-3); otherwise (nearly square completions) G is projected twice (classical Gram-Schmidt,
    the second pass removes rounding) and orthonormalized by Householder QR, and U⊥ is formed. Same for V_r
    (n×(R−r)). Call the completed bases U_R (m×R), V_R (n×R) and the spectrum S_R.
@@ -57,13 +58,12 @@ from torch import Tensor
 
 from svdlora_pl.errors import InputError
 from svdlora_pl.lora.factor_files import write_safetensors
-from svdlora_pl.spectral import FactoredSVD, Scale, cpu_threads, factored_svd
+from svdlora_pl.spectral import FactoredSVD, Scale, cpu_threads, factored_svd, guarded_cholesky
 
 DEFAULT_DECAY = 0.1
 """Default exponential decay rate of the appended tail per index: σ_{r+j} = σ_r·exp(−0.1·j)."""
 
 _F64 = torch.float64
-_CHOLESKY_MAX_COND = 100.0  # largest ‖G‖₂/σ_min(G') completed by Cholesky QR (orthogonality loss ~ cond²·ε₆₄)
 
 
 class Synthesis(NamedTuple):
@@ -107,12 +107,10 @@ def _complete(Q: Tensor, extra: int, generator: torch.Generator) -> _Completion:
     G = torch.randn(Q.shape[0], extra, generator=generator, dtype=torch.float32).to(dtype=_F64, device=Q.device)
     P = Q.mT @ G
     gram = G.mT @ G
-    reduced = gram - P.mT @ P  # G'ᵀG' for G' = G − Q·P
-    top, low = float(torch.linalg.eigvalsh(gram)[-1]), float(torch.linalg.eigvalsh(reduced)[0])
-    if top <= _CHOLESKY_MAX_COND**2 * low:  # rounding in the Gram matrices is u·‖G‖², amplified by 1/σ_min(G')²
-        L, info = torch.linalg.cholesky_ex(reduced)
-        if int(info) == 0:
-            return _Completion(Q, G, P, L)
+    # G'ᵀG' for G' = G − Q·P; its rounding is u·‖G‖², amplified by 1/σ_min(G')²: bounded by GᵀG's top eigenvalue
+    L = guarded_cholesky(gram - P.mT @ P, bound=gram)
+    if L is not None:
+        return _Completion(Q, G, P, L)
     for _ in range(2):  # classical Gram-Schmidt twice: orthogonality to rounding (~1e-16)
         G = G - Q @ (Q.mT @ G)
     return _Completion(Q, torch.linalg.qr(G, mode="reduced").Q, None, None)

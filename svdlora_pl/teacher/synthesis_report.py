@@ -5,7 +5,7 @@ update (its r singular values, kept exactly), ``added`` = the appended decaying 
 noise, ``total`` = ‖ΔW_teacher‖_F². Fractions are of ``total``; with noise 0, kept + added = total exactly, with
 noise the cross term 2⟨clean, noise⟩ is the remainder (``cross_fraction``).
 
-The teacher of a real full fine-tune (``svdlora synthesize --base --finetuned``, :func:`build_full_report`) has its
+The teacher of a real full fine-tune (``synthesize`` with ``base`` and ``finetuned``, :func:`build_full_report`) has its
 own report: per module ``kept`` = Σ_{i≤R} σᵢ² of ΔW = W_finetuned − W_base, ``total`` = ‖ΔW‖_F² computed from the
 dense matrix, ``kept_fraction`` = kept / total and ``relative_error`` = ‖ΔW − ΔW_R‖_F / ‖ΔW‖_F.
 """
@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
-from svdlora_pl.plots import plt
+from svdlora_pl.plots import new_figure
+from svdlora_pl.teacher.factor_report import module_table
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PROVENANCE_NOTE = (
     "A teacher synthesized from a LoRA run contains that run's update (its top-r singular triplets are kept "
@@ -27,6 +31,57 @@ PROVENANCE_NOTE = (
 )
 KIND_ORDER = ("q", "k", "v", "o", "gate", "up", "down")
 PARTS = ("kept", "added", "noise")
+
+
+@dataclass(frozen=True)
+class _Text:
+    """Layout of a text report: ``details`` and ``summary`` are :meth:`str.format` templates of the provenance
+    ``p``, the summary ``s`` and ``modules`` (the target modules, space-separated); ``columns`` as in
+    :func:`~svdlora_pl.teacher.factor_report.module_table`; ``clamped`` is printed after a table with clamped rows."""
+
+    title: str
+    details: str
+    summary: str
+    columns: tuple[tuple[str, str, str], ...]
+    clamped: str | None = None
+
+
+_ADAPTER_TEXT = _Text(
+    "svdlora synthesize — teacher update synthesized from a LoRA adapter",
+    "source adapter: {p[source_adapter]}\nbase model: {p[base_model]}\n"
+    "target rank {p[target_rank]}, noise scale {p[noise_scale]}, decay {p[decay]}, seed {p[seed]}",
+    "{s[modules]} modules, LoRA ranks {s[lora_ranks]}, target rank {s[target_rank]}\n"
+    "total energy {s[total_total_energy]:.4e}: kept {s[overall_kept_fraction]:.4f}, added "
+    "{s[overall_added_fraction]:.4f}, noise {s[overall_noise_fraction]:.4f}, cross {s[overall_cross_fraction]:+.4f}\n"
+    "mean per module: kept {s[mean_kept_fraction]:.4f}, added {s[mean_added_fraction]:.4f}, "
+    "noise {s[mean_noise_fraction]:.4f}",
+    (("shape", "shape", ">9"), ("r", "lora_rank", ">3"), ("R", "target_rank", ">4"),
+     ("total", "total_energy", ">10.3e"), ("kept", "kept_fraction", ">7.4f"), ("added", "added_fraction", ">7.4f"),
+     ("noise", "noise_fraction", ">7.4f")),
+)  # fmt: skip
+_FULL_TEXT = _Text(
+    "svdlora synthesize — teacher update of a real full fine-tune, kept at rank R",
+    "base model: {p[base]}\nfine-tuned model: {p[finetuned]}\n"
+    "target rank {p[target_rank]}, SVD {p[method]}, modules {modules}",
+    "{s[modules]} modules ({s[clamped_modules]} clamped to min(out, in))\n"
+    "total energy {s[total_total_energy]:.4e}: kept {s[overall_kept_fraction]:.4f} at rank {s[target_rank]}\n"
+    "mean per module: kept {s[mean_kept_fraction]:.4f}, relative error {s[mean_relative_error]:.4f} "
+    "(max {s[max_relative_error]:.4f}); least kept: {s[min_kept_fraction][module]} "
+    "({s[min_kept_fraction][kept_fraction]:.4f})",
+    (("shape", "shape", ">11"), ("R", "rank", ">5"), ("total", "total_energy", ">10.3e"),
+     ("kept", "kept_fraction", ">7.4f"), ("rel_err", "relative_error", ">8.4f")),
+    "  (* clamped: R > min(out, in); the whole ΔW is kept)",
+)  # fmt: skip
+
+
+def _render(report: Mapping[str, Any], text: _Text) -> str:
+    p, s = report["provenance"], report["summary"]
+    values = {"p": p, "s": s, "modules": " ".join(p.get("target_modules", ()))}
+    lines = [text.title, text.details.format(**values), "", f"NOTE: {p['note']}", "", text.summary.format(**values), ""]
+    lines += module_table(report["modules"], text.columns, name_width=40)
+    if text.clamped and s.get("clamped_modules"):
+        lines.append(text.clamped)
+    return "\n".join(lines) + "\n"
 
 
 def module_kind(module: str) -> str:
@@ -80,30 +135,7 @@ def build_report(
 
 def format_report(report: Mapping[str, Any]) -> str:
     """Plain-text rendering of :func:`build_report`'s dict."""
-    p, s = report["provenance"], report["summary"]
-    lines = [
-        "svdlora synthesize — teacher update synthesized from a LoRA adapter",
-        f"source adapter: {p['source_adapter']}",
-        f"base model: {p['base_model']}",
-        f"target rank {p['target_rank']}, noise scale {p['noise_scale']}, decay {p['decay']}, seed {p['seed']}",
-        "",
-        f"NOTE: {p['note']}",
-        "",
-        f"{s['modules']} modules, LoRA ranks {s['lora_ranks']}, target rank {s['target_rank']}",
-        f"total energy {s['total_total_energy']:.4e}: kept {s['overall_kept_fraction']:.4f}, added "
-        f"{s['overall_added_fraction']:.4f}, noise {s['overall_noise_fraction']:.4f}, cross {s['overall_cross_fraction']:+.4f}",
-        f"mean per module: kept {s['mean_kept_fraction']:.4f}, added {s['mean_added_fraction']:.4f}, "
-        f"noise {s['mean_noise_fraction']:.4f}",
-        "",
-        f"{'module':<40} {'shape':>9} {'r':>3} {'R':>4} {'total':>10} {'kept':>7} {'added':>7} {'noise':>7}",
-    ]
-    for module, e in report["modules"].items():
-        shape = f"{e['shape'][0]}×{e['shape'][1]}"
-        lines.append(
-            f"{module:<40} {shape:>9} {e['lora_rank']:>3} {e['target_rank']:>4} {e['total_energy']:>10.3e} "
-            f"{e['kept_fraction']:>7.4f} {e['added_fraction']:>7.4f} {e['noise_fraction']:>7.4f}"
-        )
-    return "\n".join(lines) + "\n"
+    return _render(report, _ADAPTER_TEXT)
 
 
 def sample_modules(modules: Sequence[str], count: int = 4) -> list[str]:
@@ -128,7 +160,7 @@ def synthesis_figure(
 ) -> Figure:
     """Left: σ before (LoRA, dashed) and after (teacher, solid) for ~4 modules, log scale. Right: energy split
     kept/added/noise per module kind, as shares of kept + added + noise."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    fig, (left, right) = new_figure((12, 4.5), 1, 2)
     for i, module in enumerate(sample_modules(list(teacher_spectra))):
         color = f"C{i}"
         after, before = np.asarray(teacher_spectra[module]), np.asarray(lora_spectra[module])
@@ -156,7 +188,7 @@ def synthesis_figure(
     return fig
 
 
-# ---------------------------------------------------------------- the teacher of a real full fine-tune (--base)
+# ---------------------------------------------------------------- the teacher of a real full fine-tune (base)
 FULL_NOTE = (
     "A teacher from a real full fine-tune: ΔW = W_finetuned − W_base, independent of any LoRA run, kept at rank R "
     "by its truncated SVD (no appended tail, no noise); the discarded energy is what rank R cannot hold."
@@ -185,7 +217,7 @@ def full_module_entry(shape: Sequence[int], energy: Mapping[str, float]) -> dict
 def build_full_report(
     shapes: Mapping[str, Sequence[int]], energies: Mapping[str, Mapping[str, float]], provenance: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """``{"provenance", "summary", "modules"}`` of ``svdlora synthesize --base``: kept/discarded energy per module."""
+    """``{"provenance", "summary", "modules"}`` of ``synthesize`` from ``base``: kept/discarded energy per module."""
     modules = {m: full_module_entry(shapes[m], energies[m]) for m in energies}
     kept = math.fsum(e["kept_energy"] for e in modules.values())
     total = math.fsum(e["total_energy"] for e in modules.values())
@@ -207,39 +239,13 @@ def build_full_report(
 
 def format_full_report(report: Mapping[str, Any]) -> str:
     """Plain-text rendering of :func:`build_full_report`'s dict."""
-    p, s = report["provenance"], report["summary"]
-    lines = [
-        "svdlora synthesize — teacher update of a real full fine-tune, kept at rank R",
-        f"base model: {p['base']}",
-        f"fine-tuned model: {p['finetuned']}",
-        f"target rank {p['target_rank']}, SVD {p['method']}, modules {' '.join(p['target_modules'])}",
-        "",
-        f"NOTE: {p['note']}",
-        "",
-        f"{s['modules']} modules ({s['clamped_modules']} clamped to min(out, in))",
-        f"total energy {s['total_total_energy']:.4e}: kept {s['overall_kept_fraction']:.4f} at rank {s['target_rank']}",
-        f"mean per module: kept {s['mean_kept_fraction']:.4f}, relative error {s['mean_relative_error']:.4f} "
-        f"(max {s['max_relative_error']:.4f}); least kept: {s['min_kept_fraction']['module']} "
-        f"({s['min_kept_fraction']['kept_fraction']:.4f})",
-        "",
-        f"{'module':<40} {'shape':>11} {'R':>5} {'total':>10} {'kept':>7} {'rel_err':>8}",
-    ]
-    for module, e in report["modules"].items():
-        shape = f"{e['shape'][0]}×{e['shape'][1]}"
-        rank = f"{e['rank']}{'*' if e['clamped'] else ''}"
-        lines.append(
-            f"{module:<40} {shape:>11} {rank:>5} {e['total_energy']:>10.3e} {e['kept_fraction']:>7.4f} "
-            f"{e['relative_error']:>8.4f}"
-        )
-    if s["clamped_modules"]:
-        lines.append("  (* clamped: R > min(out, in); the whole ΔW is kept)")
-    return "\n".join(lines) + "\n"
+    return _render(report, _FULL_TEXT)
 
 
 def full_delta_figure(spectra: Mapping[str, np.ndarray], report: Mapping[str, Any]) -> Figure:
     """Left: the known singular values of ~4 modules (log scale) and the cut at R. Right: share of ‖ΔW‖²_F kept at
     rank R, per module kind (energies summed over the layers)."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    fig, (left, right) = new_figure((12, 4.5), 1, 2)
     rank = report["summary"]["target_rank"]
     for module in sample_modules(list(spectra)):
         values = np.maximum(np.asarray(spectra[module], dtype=float), 1e-12)

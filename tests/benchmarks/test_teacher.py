@@ -135,3 +135,23 @@ def test_full_size_shapes_and_dense_memory(bench: ModuleType) -> None:
 def test_svd_flops_is_symmetric_and_picks_the_cheaper_method(bench: ModuleType) -> None:
     assert bench.svd_flops(10, 10) == min(14 * 1000 + 8 * 1000, 6 * 1000 + 20 * 1000) == 22_000
     assert bench.svd_flops(100, 10) == bench.svd_flops(10, 100) == 6 * 100 * 100 + 20 * 1000
+
+
+def test_cli_phases_call_the_tool_functions(
+    small_run: tuple[int, str, Path], bench: ModuleType, tmp_path: Path
+) -> None:
+    """``--cli``: each phase is one call of synthesize() / factorize(), reports included (run here in-process)."""
+    import shutil
+
+    _, _, workdir = small_run
+    shutil.copytree(workdir / "adapter", tmp_path / "adapter")
+    args = bench.build_parser().parse_args([*SMALL, "--cli", "--noise-scale", "0", "--workdir", str(tmp_path)])
+    p = bench.paths(tmp_path, args)
+    [(name, step)] = bench._synthesize_steps(args, p)
+    report = step(None)
+    assert name == "synthesize()" and report["summary"]["modules"] == 7 and p["teacher"].is_file()
+    assert (p["teacher_dir"] / "synthesis_report.json").is_file()
+    [(name, step)] = bench._factorize_steps(args, p)
+    analysis = step(None)
+    assert name == "factorize()" and analysis["rank"] == RANK and p["factors"].is_file()
+    assert (p["factors_dir"] / f"svd_report_rank{RANK}.txt").is_file()

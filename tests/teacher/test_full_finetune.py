@@ -2,8 +2,8 @@
 plan, one-module-at-a-time streaming, one-line errors naming file and key, and the dense SVD (exact and randomized)
 against numpy float64.
 
-Shared with tests/test_factorize_cli.py and tests/test_synthesize_cli.py: :func:`make_finetuned` (the tiny model plus
-a known perturbation, saved with save_pretrained) and :func:`true_deltas` (the dense ΔW of two saved models, float64).
+The builders :func:`make_finetuned` (the tiny model plus a known perturbation, saved with save_pretrained) and
+:func:`true_deltas` (the dense ΔW of two saved models, float64) are in tests/builders.py.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from builders import LAYERS, MODULE_COUNT, SPECTRUM, make_finetuned, one_torch_thread, true_deltas  # noqa: F401 (autouse fixture)
+from safetensors.torch import load_file, save_file
 
-from svdlora_pl.teacher.delta_svd import SVDOptions, delta_svd
-from svdlora_pl.errors import InputError
-from svdlora_pl.lora.settings import QWEN_LINEAR_MODULES
 from svdlora_pl.embedded.tiny import TINY_MODEL, tiny_model_dir
+from svdlora_pl.errors import InputError
+from svdlora_pl.teacher.delta_svd import SVDOptions, delta_svd
 from svdlora_pl.teacher.full_finetune import open_pair, resolve_checkpoint
+
 
 def truncation(W: np.ndarray, r: int) -> np.ndarray:
     U, S, Vt = np.linalg.svd(W, full_matrices=False)
@@ -134,20 +134,20 @@ def test_hub_name_resolves_from_the_local_cache_offline(finetuned, expected, tmp
     assert pair.finetuned.directory == repo / "snapshots" / commit
     for name, delta in pair.deltas():
         assert rel(delta.double().numpy(), expected[name]) < 1e-6
-    with pytest.raises(InputError, match=r"^--finetuned: svdlora-test/nope: not a local directory.*Hugging Face"):
+    with pytest.raises(InputError, match=r"^finetuned: svdlora-test/nope: not a local directory.*Hugging Face"):
         open_pair(TINY_MODEL, "svdlora-test/nope")
 
 
 # ---------------------------------------------------------------- bad input: one line naming the file and field
 def test_missing_directory_and_pickle_only_and_adapter(finetuned, tmp_path):
-    with pytest.raises(InputError, match=r"^--finetuned: \./nope: no such model directory$"):
+    with pytest.raises(InputError, match=r"^finetuned: \./nope: no such model directory$"):
         open_pair(TINY_MODEL, "./nope")
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     shutil.copy(finetuned / "config.json", pickled)
     (pickled / "pytorch_model.bin").write_bytes(b"not read")
     with pytest.raises(InputError, match=r"only a pickle checkpoint \(pytorch_model\.bin\), which is refused"):
-        resolve_checkpoint(str(pickled), "--finetuned")
+        resolve_checkpoint(str(pickled), "finetuned")
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
@@ -160,7 +160,7 @@ def test_architecture_mismatch_names_the_field(finetuned, tmp_path):
     with pytest.raises(InputError) as info:
         open_pair(TINY_MODEL, str(other))
     message = str(info.value)
-    assert "num_key_value_heads = 4 differs from --base's 2" in message and str(other / "config.json") in message
+    assert "num_key_value_heads = 4 differs from base's 2" in message and str(other / "config.json") in message
     assert "\n" not in message
 
 
@@ -258,6 +258,34 @@ def test_zero_delta_and_clamped_rank(method):
 def test_svd_options_validate_and_name_themselves():
     assert SVDOptions().kind == "full_finetune (exact)"
     assert SVDOptions("randomized", niter=2).kind == "full_finetune (randomized niter=2)"
-    for kwargs, field in (({"niter": -1}, "--niter"), ({"oversample": -2}, "--oversample"), ({"method": "x"}, "--svd")):
+    for kwargs, field in (
+        ({"niter": -1}, "svd.niter"),
+        ({"oversample": -2}, "svd.oversample"),
+        ({"method": "x"}, "svd.method"),
+    ):
         with pytest.raises(InputError, match=f"^{field}: "):
             SVDOptions(**kwargs)  # type: ignore[arg-type]
+
+
+def test_delta_svds_streams_every_module_and_warns_once_about_unchanged_ones(caplog):
+    from svdlora_pl.teacher.delta_svd import delta_svds
+
+    pair = open_pair(TINY_MODEL, str(tiny_model_dir()), ["k_proj"])  # the model against itself: every ΔW = 0
+    with caplog.at_level("WARNING", logger="svdlora_pl"):
+        results = list(delta_svds(pair, 2, SVDOptions(), "test"))
+    assert [name for name, _ in results] == list(pair.shapes) and len(results) == LAYERS
+    assert all(result.total_energy == 0 and result.svd.S.shape == (2,) for _, result in results)
+    warnings = [r.getMessage() for r in caplog.records if "ΔW = 0" in r.getMessage()]
+    assert warnings == [f"{LAYERS} of {LAYERS} modules have ΔW = 0 (unchanged by the fine-tune), e.g. {results[0][0]}"]
+
+
+def test_local_model_dir_tells_paths_from_hub_names(tmp_path, monkeypatch):
+    from svdlora_pl.training.loading import local_model_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert local_model_dir("Qwen/Qwen2.5-0.5B") is None
+    assert local_model_dir(TINY_MODEL) == tiny_model_dir()
+    assert local_model_dir("./nope") == Path("./nope")  # a path, even a missing one
+    assert local_model_dir("~/x") == Path("~/x").expanduser()
+    (tmp_path / "org" / "model").mkdir(parents=True)
+    assert local_model_dir("org/model") == Path("org/model")  # exists: local, though it looks like a Hub name

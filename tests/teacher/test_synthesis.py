@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from svdlora_pl.teacher import synthesis as teacher
 from svdlora_pl.errors import InputError
 from svdlora_pl.lora.factor_files import load_factors, safetensors_bytes
-from svdlora_pl.spectral import FactoredSVD
+from svdlora_pl.spectral import FactoredSVD, cholesky
+from svdlora_pl.teacher import synthesis as teacher
 from svdlora_pl.teacher.synthesis import (
     DEFAULT_DECAY,
     module_seed,
@@ -216,7 +216,7 @@ def test_cholesky_and_householder_completions_agree(monkeypatch: pytest.MonkeyPa
     W = torch.eye(4 + extra, dtype=torch.float64)
     fast = teacher._complete(Q, extra, torch.Generator().manual_seed(1))
     assert fast.L is not None  # these draws are well conditioned: Cholesky QR (κ ≤ 100), even the square one
-    monkeypatch.setattr(teacher, "_CHOLESKY_MAX_COND", 0.0)
+    monkeypatch.setattr(cholesky, "CHOLESKY_MAX_COND", 0.0)
     slow = teacher._complete(Q, extra, torch.Generator().manual_seed(1))
     assert slow.L is None
     for basis in (fast.times(W).numpy(), slow.times(W).numpy()):
@@ -230,7 +230,7 @@ def test_cholesky_and_householder_completions_agree(monkeypatch: pytest.MonkeyPa
 
 
 def test_householder_fallback_gives_a_true_svd(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(teacher, "_CHOLESKY_MAX_COND", 0.0)
+    monkeypatch.setattr(cholesky, "CHOLESKY_MAX_COND", 0.0)
     B, A = lora()
     result = synth(B=B, A=A, noise_scale=0.2)
     assert_true_svd(result.svd, M, N, R_TARGET)

@@ -1,6 +1,6 @@
-"""``svdlora synthesize`` end to end on a tiny-model adapter: the four outputs, the teacher's rank-r truncation
-equal to the LoRA update with no noise, energy fractions, seed determinism, and one-line exit-2 errors that leave
-nothing behind."""
+"""The synthesize library on a tiny-model adapter and a full fine-tune: the four outputs, the teacher's rank-r truncation
+equal to the LoRA update with no noise, energy fractions, seed determinism, and one-line InputErrors that leave
+nothing behind. The command line is tested in tests/cli/test_synthesize.py."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 from builders import make_adapter, one_torch_thread  # noqa: F401 (autouse fixture)
 
+from svdlora_pl.errors import InputError
 from svdlora_pl.lora.adapters import read_adapter
-from svdlora_pl.cli import main
 from svdlora_pl.lora.factor_files import load_factors
+from svdlora_pl.teacher.delta_svd import SVDOptions
+from svdlora_pl.teacher.factorize import factorize
+from svdlora_pl.teacher.synthesize import synthesize
 
 R = 8
 FILES = [
@@ -35,12 +38,8 @@ def adapter(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def clean(adapter, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "clean"
-    assert run("--adapter", adapter, "--target-rank", R, "--noise-scale", 0, "--output-dir", out) == 0
+    synthesize(out, R, adapter=adapter, noise_scale=0)
     return out
-
-
-def run(*args) -> int:
-    return main(["synthesize", *map(str, args)])
 
 
 def lora_updates(path: Path) -> dict[str, np.ndarray]:
@@ -52,13 +51,11 @@ def truncate(W: np.ndarray, k: int) -> np.ndarray:
     return (U[:, :k] * S[:k]) @ Vt[:k]
 
 
-def test_writes_all_outputs_and_prints_them(adapter, tmp_path, capsys):
+def test_writes_all_outputs(adapter, tmp_path):
     out = tmp_path / "teacher"
-    assert run("--adapter", adapter, "--target-rank", R, "--output-dir", out) == 0
+    report = synthesize(out, R, adapter=adapter)
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
-    printed = capsys.readouterr().out
-    for name in FILES:
-        assert str(out / name) in printed
+    assert report == json.loads((out / "synthesis_report.json").read_text())
     assert (out / "synthesis_plots.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
 
@@ -99,7 +96,7 @@ def test_json_report_covers_every_module_with_fractions(adapter, clean):
 
 def test_noise_energy_is_calibrated(adapter, tmp_path):
     out = tmp_path / "noisy"
-    assert run("--adapter", adapter, "--target-rank", R, "--noise-scale", 0.2, "--output-dir", out) == 0
+    synthesize(out, R, adapter=adapter, noise_scale=0.2)
     for e in json.loads((out / "synthesis_report.json").read_text())["modules"].values():
         assert e["noise_energy"] == pytest.approx(0.04 * e["kept_energy"], rel=1e-9)
 
@@ -108,53 +105,53 @@ def test_same_seed_same_bytes_other_seed_differs(adapter, tmp_path):
     paths = {}
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
         paths[name] = tmp_path / name
-        assert run("--adapter", adapter, "--target-rank", R, "--seed", seed, "--output-dir", paths[name]) == 0
+        synthesize(paths[name], R, adapter=adapter, seed=seed)
     data = {name: (path / FILES[0]).read_bytes() for name, path in paths.items()}
     assert data["a"] == data["b"] != data["c"]
 
 
 @pytest.mark.parametrize(
-    ("extra", "needle"),
+    ("options", "needle"),
     [
-        (["--target-rank", "2"], "target_rank 2 must be between 4"),
-        (["--target-rank", "65"], "min(out, in) = 64"),
-        (["--target-rank", "8", "--noise-scale", "-0.1"], "--noise-scale"),
-        (["--target-rank", "8", "--decay", "-1"], "--decay"),
-        (["--target-rank", "x"], "--target-rank"),
+        ({"target_rank": 2}, "target_rank 2 must be between 4"),
+        ({"target_rank": 65}, r"min\(out, in\) = 64"),
+        ({"target_rank": 0}, "^target_rank: must be >= 1, got 0$"),
+        ({"target_rank": 8, "noise_scale": -0.1}, "^noise_scale: must be a finite number >= 0"),
+        ({"target_rank": 8, "decay": -1}, "^decay: must be a finite number >= 0"),
+        ({"target_rank": 8, "decay": float("nan")}, "^decay: must be a finite number >= 0"),
     ],
 )
-def test_bad_values_exit_2_with_one_line_and_no_output(adapter, tmp_path, capsys, extra, needle):
-    out = tmp_path / "out"
-    assert run("--adapter", adapter, *extra, "--output-dir", out) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("svdlora: error: ") and err.count("\n") == 1 and needle in err
+def test_bad_values_raise_one_line_and_write_nothing(adapter, tmp_path, options, needle):
+    with pytest.raises(InputError, match=needle) as info:
+        synthesize(tmp_path / "out", adapter=adapter, **options)
+    assert "\n" not in str(info.value)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_missing_adapter_exits_2(tmp_path, capsys):
-    assert run("--adapter", tmp_path / "nope", "--target-rank", R, "--output-dir", tmp_path / "out") == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "nope" in err and "no such adapter directory" in err
+def test_missing_adapter_raises(tmp_path):
+    with pytest.raises(InputError, match="nope.*no such adapter directory") as info:
+        synthesize(tmp_path / "out", R, adapter=tmp_path / "nope")
+    assert "\n" not in str(info.value)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_refuses_non_empty_output_without_overwrite(adapter, tmp_path, capsys):
+def test_refuses_non_empty_output_without_overwrite(adapter, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert run("--adapter", adapter, "--target-rank", R, "--output-dir", out) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    with pytest.raises(InputError, match="^output_dir: .*set overwrite"):
+        synthesize(out, R, adapter=adapter)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    assert run("--adapter", adapter, "--target-rank", R, "--output-dir", out, "--overwrite") == 0
+    synthesize(out, R, adapter=adapter, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
 
 
-def test_refuses_output_over_the_adapter(adapter, capsys):
-    assert run("--adapter", adapter, "--target-rank", R, "--output-dir", adapter, "--overwrite") == 2
-    assert "would replace the input" in capsys.readouterr().err
+def test_refuses_output_over_the_adapter(adapter):
+    with pytest.raises(InputError, match="would replace the input"):
+        synthesize(adapter, R, adapter=adapter, overwrite=True)
 
 
-# ---------------------------------------------------------------- --base/--finetuned: the teacher of a real full fine-tune
+# ---------------------------------------------------------------- base/finetuned: the teacher of a real full fine-tune
 TINY = "svdlora:tiny-qwen2"
 FULL_FILES = ["full_delta_rank{R}.safetensors", "synthesis_report.json", "synthesis_report.txt", "synthesis_plots.png"]
 CHECKED = ["model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.k_proj", "model.layers.1.mlp.down_proj"]
@@ -171,14 +168,12 @@ def full_ft(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
     return model, true_deltas(tiny_model_dir(), model)
 
 
-def test_full_finetune_teacher_is_the_rank_R_truncation_with_its_energy(full_ft, tmp_path, capsys):
+def test_full_finetune_teacher_is_the_rank_R_truncation_with_its_energy(full_ft, tmp_path):
     model, dense = full_ft
     out = tmp_path / "teacher"
-    assert run("--base", TINY, "--finetuned", model, "--target-rank", 4, "--output-dir", out) == 0
+    synthesize(out, 4, base=TINY, finetuned=str(model))
     files = [name.format(R=4) for name in FULL_FILES]
     assert sorted(p.name for p in out.iterdir()) == sorted(files)
-    printed = capsys.readouterr().out
-    assert all(str(out / name) in printed for name in files)
     factors, metadata = load_factors(out / files[0])
     assert set(factors) == set(dense) and len(factors) == 28
     assert metadata["base"] == TINY and metadata["finetuned"] == str(model)
@@ -205,8 +200,8 @@ def test_full_finetune_teacher_is_the_rank_R_truncation_with_its_energy(full_ft,
     assert "independent of any LoRA run" in report["provenance"]["note"]
     text = (out / "synthesis_report.txt").read_text()
     assert "real full fine-tune" in text and str(model) in text
-    # svdlora factorize --delta reads the teacher; rank 2 of the rank-4 truncation is rank 2 of ΔW
-    assert main(["factorize", "--delta", str(out / files[0]), "--rank", "2", "--output-dir", str(tmp_path / "f")]) == 0
+    # factorize reads the teacher as a delta; rank 2 of the rank-4 truncation is rank 2 of ΔW
+    factorize(tmp_path / "f", 2, delta=out / files[0])
     refactored, _ = load_factors(tmp_path / "f" / "svd_factors_rank2.safetensors")
     for module in CHECKED:
         B, A = refactored[module]
@@ -217,8 +212,7 @@ def test_full_finetune_teacher_is_the_rank_R_truncation_with_its_energy(full_ft,
 def test_full_finetune_rank_above_min_keeps_the_whole_delta(full_ft, tmp_path):
     model, dense = full_ft
     out = tmp_path / "teacher"
-    args = ("--base", TINY, "--finetuned", model, "--target-rank", 100, "--target-modules", "k_proj")
-    assert run(*args, "--svd", "randomized", "--output-dir", out) == 0
+    synthesize(out, 100, base=TINY, finetuned=str(model), target_modules=["k_proj"], svd=SVDOptions("randomized"))
     factors, metadata = load_factors(out / "full_delta_rank100.safetensors")
     assert metadata["method"] == "full_finetune (randomized niter=4)" and len(factors) == 4
     report = json.loads((out / "synthesis_report.json").read_text())
@@ -231,23 +225,23 @@ def test_full_finetune_rank_above_min_keeps_the_whole_delta(full_ft, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("extra", "needle"),
+    ("options", "needle"),
     [
-        (["--base", TINY, "--finetuned", "FT", "--noise-scale", "0.1"], "--noise-scale: not with --base"),
-        (["--base", TINY, "--finetuned", "FT", "--decay", "0"], "--decay: not with --base"),
-        (["--base", TINY], "--base: needs --finetuned"),
-        (["--base", TINY, "--adapter", "ADAPTER", "--finetuned", "FT"], "not allowed with argument"),
-        (["--finetuned", "FT"], "one of the arguments --adapter --base is required"),
-        (["--adapter", "ADAPTER", "--svd", "randomized"], "--svd: only with --base"),
-        (["--base", TINY, "--finetuned", "MISSING"], "no such model directory"),
+        ({"base": TINY, "finetuned": "FT", "noise_scale": 0.1}, "^noise_scale: not with base"),
+        ({"base": TINY, "finetuned": "FT", "decay": 0}, "^decay: not with base"),
+        ({"base": TINY, "finetuned": "FT", "seed": 3}, "^seed: not with base"),
+        ({"base": TINY}, "^base: needs finetuned"),
+        ({"base": TINY, "adapter": "ADAPTER", "finetuned": "FT"}, "^base: not with adapter"),
+        ({"finetuned": "FT"}, "^finetuned: only with base"),
+        ({}, "^adapter or base: give one source$"),
+        ({"adapter": "ADAPTER", "svd": SVDOptions("randomized")}, "^svd: only with base"),
+        ({"base": TINY, "finetuned": "MISSING"}, "no such model directory"),
     ],
 )
-def test_full_finetune_bad_options_exit_2_with_one_line_and_no_output(
-    adapter, full_ft, tmp_path, capsys, extra, needle
-):
-    swap = {"FT": str(full_ft[0]), "ADAPTER": str(adapter), "MISSING": str(tmp_path / "missing")}
+def test_full_finetune_bad_options_raise_one_line_and_write_nothing(adapter, full_ft, tmp_path, options, needle):
+    swap = {"FT": str(full_ft[0]), "ADAPTER": adapter, "MISSING": str(tmp_path / "missing")}
     out = tmp_path / "out"
-    assert run(*[swap.get(a, a) for a in extra], "--target-rank", 4, "--output-dir", out) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("svdlora: error: ") and err.count("\n") == 1 and needle in err, err
+    with pytest.raises(InputError, match=needle) as info:
+        synthesize(out, 4, **{key: swap.get(value, value) for key, value in options.items()})
+    assert "\n" not in str(info.value)
     assert list(tmp_path.iterdir()) == []
