@@ -27,7 +27,8 @@ from collections.abc import Callable
 
 import torch
 
-from svdlora_pl.aggregation.rules import LoRAFactors, normalize_weights, svd
+from svdlora_pl.aggregation.rules import normalize_weights, svd
+from svdlora_pl.lora.factors import LoRAFactors
 from svdlora_pl.spectral import cpu_threads
 
 SHAPES = {  # Qwen2.5-7B: hidden 3584, intermediate 18944, 4 KV heads × 128

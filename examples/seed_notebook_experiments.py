@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from svdlora_pl.aggregation.rules import LoRAFactors, normalize_weights, stack, svd, zeropad
+from svdlora_pl.aggregation.rules import normalize_weights, stack, svd, zeropad
+from svdlora_pl.lora.factors import LoRAFactors
 
 OUT, IN = 10, 10
 CLIENT_RANKS = (3, 5, 8)

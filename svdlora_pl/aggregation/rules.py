@@ -1,6 +1,7 @@
 """Aggregation of LoRA updates trained with different ranks (federated clients), module by module.
 
-Client k holds, for one Linear (out×in), factors in PEFT's orientation and a weight p_k (normalized, Σ p_k = 1):
+Client k holds, for one Linear (out×in), factors in PEFT's orientation
+(:class:`~svdlora_pl.lora.factors.LoRAFactors`) and a weight p_k (normalized, Σ p_k = 1):
 
     ΔW_k = s_k · B_k·A_k,   A_k: r_k×in,   B_k: out×r_k,   s_k = PEFT scaling (alpha/r or alpha/√r)
 
@@ -25,22 +26,25 @@ singular values (one factored SVD per module, nothing more); for zeropad they ar
 (the difference [B, B_s]·[A; −A_s] has rank r_max + Σ r_k; no subtraction of squared norms, no cancellation).
 
 Rank policy: a requested rank above what the update can have, min(out, in, Σ r_k), is clamped (``clamped`` and
-``rank_requested`` in the report say so); the ``svdlora aggregate`` command refuses such a rank instead.
+``rank_requested`` in the report say so); :func:`svdlora_pl.aggregation.merge.aggregate` (``svdlora aggregate``)
+refuses such a rank instead.
 Bad input (shapes, weights, ranks, non-finite values) raises :class:`~svdlora_pl.errors.InputError`.
 """
 
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from numbers import Integral
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from svdlora_pl.errors import InputError
+from svdlora_pl.io import finite_or_none
+from svdlora_pl.lora.factors import LoRAFactors
 from svdlora_pl.spectral import (
     FactoredSVD,
     energy_ratio,
@@ -56,24 +60,6 @@ Method = Literal["stack", "svd", "zeropad"]
 Split = Literal["sqrt", "B"]
 NUMERICAL_RANK_RTOL = 1e-10
 """Singular values above this fraction of σ₁ count towards a report's ``numerical_rank``."""
-
-
-@dataclass(frozen=True)
-class LoRAFactors:
-    """One client's update of one Linear: ΔW = scaling · B·A with A (r×in), B (out×r)."""
-
-    B: Tensor
-    A: Tensor
-    scaling: float = 1.0
-
-    @property
-    def rank(self) -> int:
-        return int(self.A.shape[0])
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(out, in) of the Linear's weight."""
-        return int(self.B.shape[0]), int(self.A.shape[1])
 
 
 @dataclass(frozen=True)
@@ -110,9 +96,7 @@ class ModuleReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: tuples as lists, non-finite floats as None."""
-        data = asdict(self)
-        data["shape"], data["client_ranks"] = list(self.shape), list(self.client_ranks)
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()}
+        return finite_or_none(asdict(self))
 
 
 @dataclass(frozen=True)
@@ -178,12 +162,9 @@ def _resolve_rank(rank: int | None, default: int, ceiling: int) -> tuple[int, in
     """(rank used, rank requested, clamped): ``rank`` (or ``default``) lowered to ``ceiling`` if above it."""
     if rank is None:
         return min(default, ceiling), None, default > ceiling
-    try:
-        rank = operator.index(rank)
-    except TypeError:
-        raise InputError(f"rank must be an integer, got {rank!r}") from None
-    if rank < 1:
-        raise InputError(f"rank must be >= 1, got {rank}")
+    if not isinstance(rank, Integral) or isinstance(rank, bool) or rank < 1:
+        raise InputError(f"rank must be >= 1 (an integer), got {rank!r}")
+    rank = int(rank)
     return min(rank, ceiling), rank, rank > ceiling
 
 

@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 
-from svdlora_pl.aggregation.rules import LoRAFactors
 from svdlora_pl.errors import InputError
 from svdlora_pl.io import atomic_directory, open_safetensors
+from svdlora_pl.lora.factors import LoRAFactors
 from svdlora_pl.lora.layers import PEFT_PREFIX
 
 CONFIG_NAME = "adapter_config.json"

@@ -1,5 +1,6 @@
-"""``svdlora aggregate`` end to end on tiny-model adapters: PEFT-loadable output with the right logits, reports,
-per-client adapters, and one-line exit-2 errors that leave nothing behind."""
+""":func:`svdlora_pl.aggregation.merge.aggregate` end to end on tiny-model adapters: PEFT-loadable output with the
+right logits, reports, per-client adapters, and one-line InputErrors naming the option or file that leave nothing
+behind."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 from builders import logits, make_adapter, one_torch_thread, tiny_base  # noqa: F401 (autouse fixture)
 from safetensors.torch import load_file, save_file
 
-from svdlora_pl.cli import main
+from svdlora_pl.aggregation.merge import aggregate
+from svdlora_pl.errors import InputError
 from svdlora_pl.lora.adapters import CONFIG_NAME, WEIGHTS_NAME
 
 SPECS = [(3, 6, {}), (5, 5, {}), (8, 4, {"use_rslora": True})]  # (r, alpha, extra config): scalings 2, 1, √2
@@ -23,10 +25,6 @@ DATA_SIZES = [100, 300, 600]
 def clients(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("clients")
     return [make_adapter(root / f"c{i}", r, alpha, seed=10 + i, **extra) for i, (r, alpha, extra) in enumerate(SPECS)]
-
-
-def run(*args: str | Path) -> int:
-    return main(["aggregate", *map(str, args)])
 
 
 def dense_merged_logits(paths: list[Path], weights: list[float]) -> torch.Tensor:
@@ -51,28 +49,29 @@ def peft_logits(path: Path) -> torch.Tensor:
 
 
 def report(path: Path) -> dict:
-    return json.loads((path / "aggregation_report.json").read_text())
+    return json.loads((path / "aggregation_report.json").read_text(encoding="utf-8"))
 
 
 # ---------------------------------------------------------------- success
-def test_stack_round_trip_equals_dense_weighted_merge(clients, tmp_path, capsys):
+def test_stack_round_trip_equals_dense_weighted_merge(clients, tmp_path):
     out = tmp_path / "stack"
-    assert run("--adapters", *clients, "--data-sizes", *DATA_SIZES, "--method", "stack", "--output-dir", out) == 0
-    assert "wrote" in capsys.readouterr().out
+    returned = aggregate(clients, "stack", out, data_sizes=DATA_SIZES)
     config = json.loads((out / CONFIG_NAME).read_text())
     assert config["r"] == config["lora_alpha"] == 16 and not config["use_rslora"]
     torch.testing.assert_close(peft_logits(out), dense_merged_logits(clients, DATA_SIZES), rtol=1e-4, atol=1e-4)
     data = report(out)
+    assert returned == data and data["output_dir"] == str(out)
     assert [c["weight"] for c in data["clients"]] == pytest.approx([0.1, 0.3, 0.6])
     assert data["adapters"]["."]["summary"]["max_relative_error"] < 1e-6
-    assert (out / "aggregation_report.txt").read_text().startswith("svdlora aggregate — method stack")
+    assert (out / "aggregation_report.txt").read_text(encoding="utf-8").startswith("svdlora aggregate — method stack")
+    assert not list(tmp_path.glob(".stack*")), "staging directory left behind"
 
 
 def test_svd_at_sum_of_ranks_is_exact_and_default_rank_is_optimal(clients, tmp_path):
     full, default = tmp_path / "full", tmp_path / "default"
-    assert run("--adapters", *clients, "--method", "svd", "--rank", 16, "--output-dir", full) == 0
+    aggregate(clients, "svd", full, rank=16)
     torch.testing.assert_close(peft_logits(full), dense_merged_logits(clients, [1, 1, 1]), rtol=1e-4, atol=1e-4)
-    assert run("--adapters", *clients, "--method", "svd", "--split", "B", "--output-dir", default) == 0
+    aggregate(clients, "svd", default, split="B")
     modules = report(default)["adapters"]["."]["modules"]
     assert {m["rank"] for m in modules.values()} == {8}
     for entry in modules.values():
@@ -83,7 +82,7 @@ def test_svd_at_sum_of_ranks_is_exact_and_default_rank_is_optimal(clients, tmp_p
 @pytest.mark.parametrize("method", ["svd", "zeropad"])
 def test_per_client_ranks_write_one_loadable_adapter_per_rank(clients, tmp_path, method):
     out = tmp_path / method
-    assert run("--adapters", *clients, "--method", method, "--per-client-ranks", "--output-dir", out) == 0
+    aggregate(clients, method, out, per_client_ranks=True)
     data = report(out)
     assert [c["output"] for c in data["clients"]] == ["rank_3", "rank_5", "rank_8"]
     for r in (3, 5, 8):
@@ -95,23 +94,29 @@ def test_per_client_ranks_write_one_loadable_adapter_per_rank(clients, tmp_path,
     assert errors == sorted(errors, reverse=True)  # more rank, less error
 
 
-def test_zeropad_reports_its_error(clients, tmp_path, caplog):
+def test_zeropad_reports_its_error(clients, tmp_path):
     out = tmp_path / "zp"
-    assert run("--adapters", *clients, "--method", "zeropad", "--norm-weights", "--output-dir", out) == 0
+    data = aggregate(clients, "zeropad", out, norm_weights=True)
     summary = report(out)["adapters"]["."]["summary"]
     assert summary["ranks"] == [8] and summary["max_relative_error"] > 0.1
-    assert "zeropad is inexact" in caplog.text
+    assert data["options"] == {"rank": None, "split": "sqrt", "norm_weights": True, "dtype": "float32"}
+
+
+def test_dtype_of_the_written_factors(clients, tmp_path):
+    out = tmp_path / "bf16"
+    aggregate(clients[:2], "svd", out, rank=4, dtype="bfloat16")
+    assert {t.dtype for t in load_file(out / WEIGHTS_NAME).values()} == {torch.bfloat16}
 
 
 def test_overwrite_replaces_existing_output(clients, tmp_path):
     out = tmp_path / "again"
     out.mkdir()
     (out / "old.txt").write_text("x")
-    assert run("--adapters", *clients, "--method", "stack", "--overwrite", "--output-dir", out) == 0
+    aggregate(clients, "stack", out, overwrite=True)
     assert not (out / "old.txt").exists() and (out / WEIGHTS_NAME).is_file()
 
 
-# ---------------------------------------------------------------- errors: exit 2, one line, nothing written
+# ---------------------------------------------------------------- errors: one line, nothing written
 def _copy(clients: list[Path], tmp_path: Path) -> Path:
     return Path(shutil.copytree(clients[1], tmp_path / "edited"))
 
@@ -146,52 +151,76 @@ def _other_modules(clients, tmp_path):
 ERRORS = {
     "different base": (
         lambda c, t: _set_config(_copy(c, t), base_model_name_or_path="Qwen/Qwen2.5-7B"),
-        [],
+        {},
         "base_model_name_or_path",
     ),
-    "different modules": (_other_modules, [], "module set differs"),
-    "shapes": (lambda c, t: _edit_tensors(_copy(c, t), _widen), [], "update shape 128×129 differs from 128×128"),
-    "nan": (lambda c, t: _edit_tensors(_copy(c, t), _nan), [], "k_proj.lora_B.weight: NaN or infinite"),
+    "different modules": (_other_modules, {}, "module set differs"),
+    "shapes": (lambda c, t: _edit_tensors(_copy(c, t), _widen), {}, "update shape 128×129 differs from 128×128"),
+    "nan": (lambda c, t: _edit_tensors(_copy(c, t), _nan), {}, "k_proj.lora_B.weight: NaN or infinite"),
     "malformed config": (
         lambda c, t: (_copy(c, t) / CONFIG_NAME).write_text("{") and t / "edited",
-        [],
+        {},
         "malformed JSON",
     ),
     "missing weights": (
         lambda c, t: (_copy(c, t) / WEIGHTS_NAME).unlink() or t / "edited",
-        [],
+        {},
         f"{WEIGHTS_NAME}: file not found",
     ),
-    "missing dir": (lambda c, t: t / "nowhere", [], "no such adapter directory"),
-    "zero weight": (None, ["--weights", "1", "0", "1"], "--weights: weight 1 must be a finite number > 0"),
-    "negative size": (None, ["--data-sizes", "1", "-5", "1"], "--data-sizes: weight 1"),
-    "weight count": (None, ["--weights", "1", "2"], "--weights: got 2 weights for 3 clients"),
-    "both weightings": (None, ["--weights", "1", "2", "3", "--data-sizes", "1", "2", "3"], "not allowed with argument"),
-    "rank too large": (None, ["--method", "svd", "--rank", "17"], "Σ r_k=16) = 16; use --rank 16 or less"),
-    "rank for stack": (None, ["--rank", "4"], "--rank: only used by --method svd"),
-    "per-client stack": (None, ["--per-client-ranks"], "--per-client-ranks: needs --method svd or zeropad"),
-    "bad method": (None, ["--method", "mean"], "invalid choice"),
+    "missing dir": (lambda c, t: t / "nowhere", {}, "no such adapter directory"),
+    "zero weight": (None, {"weights": [1, 0, 1]}, "weights: weight 1 must be a finite number > 0"),
+    "negative size": (None, {"data_sizes": [1, -5, 1]}, "data_sizes: weight 1"),
+    "weight count": (None, {"weights": [1, 2]}, "weights: got 2 weights for 3 clients"),
+    "both weightings": (
+        None,
+        {"weights": [1, 2, 3], "data_sizes": [1, 2, 3]},
+        "weights: give weights or data_sizes, not both",
+    ),
+    "rank too large": (None, {"method": "svd", "rank": 17}, "Σ r_k=16) = 16; use rank 16 or less"),
+    "rank zero": (None, {"method": "svd", "rank": 0}, "rank: must be >= 1, got 0"),
+    "rank for stack": (None, {"rank": 4}, "rank: only used by method svd"),
+    "per-client stack": (None, {"per_client_ranks": True}, "per_client_ranks: needs method svd or zeropad"),
+    "norm weights for svd": (
+        None,
+        {"method": "svd", "norm_weights": True},
+        "norm_weights: only used by method zeropad",
+    ),
+    "split for stack": (None, {"split": "B"}, "split: only used by method svd"),
+    "bad method": (None, {"method": "mean"}, "method: must be one of stack, svd, zeropad, got 'mean'"),
+    "bad dtype": (None, {"dtype": "float8"}, "dtype: must be one of float32, bfloat16, float16"),
 }
 
 
 @pytest.mark.parametrize("case", list(ERRORS))
-def test_bad_input_exits_2_with_one_line_and_no_output(clients, tmp_path, capsys, case):
+def test_bad_input_is_one_line_and_writes_nothing(clients, tmp_path, case):
     make, extra, fragment = ERRORS[case]
     adapters = [clients[0], make(clients, tmp_path), clients[2]] if make else list(clients)
-    method = [] if "--method" in extra else ["--method", "stack"]
+    options = {"method": "stack", **extra}
     out = tmp_path / "out"
-    capsys.readouterr()  # drop what building the adapters printed
-    assert run("--adapters", *adapters, *method, *extra, "--output-dir", out) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("svdlora: error: ") and "\n" not in err and fragment in err, err
+    with pytest.raises(InputError) as info:
+        aggregate(adapters, output_dir=out, **options)
+    message = str(info.value)
+    assert "\n" not in message and fragment in message, message
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
-def test_refuses_non_empty_output_and_overwriting_an_input(clients, tmp_path, capsys):
+@pytest.mark.parametrize("count", [0, 1])
+def test_one_adapter_is_not_an_aggregation(clients, tmp_path, count):
+    out = tmp_path / "one"
+    with pytest.raises(InputError, match=f"^adapters: needs at least 2 adapters to aggregate, got {count}$"):
+        aggregate(clients[:count], "svd", out)
+    assert not out.exists()
+    with pytest.raises(InputError, match="^adapters: expected a list of adapter directories"):
+        aggregate(clients[0], "svd", out)
+
+
+def test_refuses_non_empty_output_and_overwriting_an_input(clients, tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    assert run("--adapters", *clients, "--method", "stack", "--output-dir", out) == 2
-    assert "exists and is not empty" in capsys.readouterr().err and (out / "keep.txt").exists()
-    assert run("--adapters", *clients, "--method", "stack", "--overwrite", "--output-dir", clients[0]) == 2
-    assert "would replace the input" in capsys.readouterr().err and (clients[0] / WEIGHTS_NAME).is_file()
+    with pytest.raises(InputError, match="^output_dir: .* exists and is not empty"):
+        aggregate(clients, "stack", out)
+    assert (out / "keep.txt").exists()
+    with pytest.raises(InputError, match="^output_dir: .* would replace the input"):
+        aggregate(clients, "stack", clients[0], overwrite=True)
+    assert (clients[0] / WEIGHTS_NAME).is_file()

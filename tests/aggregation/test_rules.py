@@ -17,7 +17,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from svdlora_pl.aggregation.rules import (
-    LoRAFactors,
     aggregate,
     aggregate_modules,
     normalize_weights,
@@ -27,6 +26,7 @@ from svdlora_pl.aggregation.rules import (
     zeropad_weights,
 )
 from svdlora_pl.errors import InputError
+from svdlora_pl.lora.factors import LoRAFactors
 
 PROPERTY = settings(max_examples=40, deadline=None, database=None)  # no .hypothesis/ left in the tree
 

@@ -170,3 +170,18 @@ def test_bad_adapter_is_one_line_naming_file_and_field(copy_of, case):
 def test_missing_directory(tmp_path):
     with pytest.raises(InputError, match="no such adapter directory"):
         read_adapter(tmp_path / "nope")
+
+
+def test_adapters_do_not_depend_on_aggregation(patterned):
+    """The factor type lives in lora/ (aggregation uses it, not the other way round)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from svdlora_pl.lora.adapters import read_adapter; from svdlora_pl.lora.factors import LoRAFactors; "
+        f"adapter = read_adapter({str(patterned)!r}); "
+        "assert all(isinstance(f, LoRAFactors) for f in adapter.modules.values()); "
+        "print(sorted(m for m in sys.modules if m.startswith('svdlora_pl.aggregation')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
