@@ -1,15 +1,14 @@
-"""Comparison of training runs from their TensorBoard logs: reading the runs and computing the metrics.
+"""Comparison of training runs read from their TensorBoard logs: the metrics and the comparison dict.
 
 Usage::
 
-    from svdlora_pl.experiment.comparison import build_comparison, load_runs
+    from svdlora_pl.experiment.comparison import build_comparison
+    from svdlora_pl.experiment.run_log import load_runs
 
     runs = load_runs(["runs/random", "runs/svd"], labels=["random", "svd"])
     comparison = build_comparison(runs)  # JSON-ready dict; rendered by svdlora_pl.experiment.comparison_report
 
-A run directory is a Lightning log dir (``lightning_logs/version_N``, event files directly inside) or a directory
-holding exactly one such run below it. Event files are read with TensorBoard's ``EventAccumulator`` (every scalar
-point kept); several event files in one directory (a resumed run) are merged by step, the later wall time winning.
+Reading the runs: :mod:`svdlora_pl.experiment.run_log`.
 
 Metrics of one run (``train/loss`` is required; every other tag is optional):
 
@@ -34,21 +33,16 @@ alike (positive: the other run is lower); null when a value is missing or the fi
 from __future__ import annotations
 
 import math
-import os
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from svdlora_pl.errors import InputError
 from svdlora_pl.experiment.provenance import run_provenance
+from svdlora_pl.experiment.run_log import TRAIN_LOSS, VAL_LOSS, RunLog, Series
+from svdlora_pl.io import finite_or_none
 
-EVENT_GLOB = "events.out.tfevents.*"
-TRAIN_LOSS = "train/loss"
-VAL_LOSS = "val/loss"
 VAL_AT_START = ("val/loss", "val/token_accuracy", "val/perplexity")
 TARGET_MARGIN = 1.05
 TAIL_FRACTION = 0.1
@@ -74,115 +68,7 @@ DEFINITIONS = {
     "improvement_pct": "(first - other) / first x 100 against the first run; positive: the other run is lower",
 }
 
-Series = list[tuple[int, float]]
 
-
-@dataclass
-class RunLog:
-    """The scalars of one run.
-
-    Args:
-        label: Name of the run in reports and file names.
-        run_dir: The directory given by the user.
-        event_dir: The directory holding the event files (the Lightning log dir).
-        event_files: The event files read, in name order.
-        scalars: Every scalar tag -> [(step, value)], sorted by step, one point per step.
-    """
-
-    label: str
-    run_dir: Path
-    event_dir: Path
-    event_files: list[Path]
-    scalars: dict[str, Series]
-
-
-# ------------------------------------------------------------------------------------------------------ reading
-def find_event_dir(run_dir: Path) -> Path:
-    """The directory holding ``run_dir``'s event files: itself, or the one run directory found below it."""
-    if not run_dir.is_dir():
-        raise InputError(f"{run_dir}: not a directory")
-    if any(p.is_file() for p in run_dir.glob(EVENT_GLOB)):
-        return run_dir
-    dirs = sorted({p.parent for p in run_dir.rglob(EVENT_GLOB) if p.is_file()})
-    if not dirs:
-        raise InputError(f"{run_dir}: no TensorBoard event files ({EVENT_GLOB}) in it or below it")
-    if len(dirs) > 1:
-        shown = ", ".join(str(d.relative_to(run_dir)) for d in dirs[:3])
-        raise InputError(f"{run_dir}: holds {len(dirs)} runs ({shown}{', ...' if len(dirs) > 3 else ''}); pass one")
-    return dirs[0]
-
-
-def read_event_scalars(event_files: Sequence[Path]) -> dict[str, Series]:
-    """Every scalar series of ``event_files``, merged by step: at a step logged more than once, the later wall
-    time wins (a resumed run re-logs the steps after its checkpoint)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    merged: dict[str, dict[int, tuple[float, float]]] = {}
-    for path in event_files:
-        accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            points = merged.setdefault(tag, {})
-            for event in accumulator.Scalars(tag):
-                step = int(event.step)
-                if step not in points or event.wall_time >= points[step][0]:
-                    points[step] = (float(event.wall_time), float(event.value))
-    return {tag: [(step, points[step][1]) for step in sorted(points)] for tag, points in sorted(merged.items())}
-
-
-def default_labels(run_dirs: Sequence[Path]) -> list[str]:
-    """The run directories' names, extended by parent names (``svd-version_0``) until unique, then numbered."""
-    parts = [Path(os.path.abspath(d)).parts[1:] or ("run",) for d in run_dirs]
-    for depth in range(1, max(len(p) for p in parts) + 1):
-        labels = ["-".join(p[-depth:]) for p in parts]
-        if len(set(labels)) == len(labels):
-            return labels
-    return [f"{p[-1]}-{i + 1}" for i, p in enumerate(parts)]
-
-
-def check_labels(labels: Sequence[str], run_count: int) -> None:
-    """Refuse a label count that differs from the run count, empty labels and duplicates."""
-    if len(labels) != run_count:
-        raise InputError(f"--labels: {len(labels)} labels for {run_count} run directories")
-    for label in labels:
-        if not label.strip():
-            raise InputError("--labels: empty label")
-    seen = [label for i, label in enumerate(labels) if label in labels[:i]]
-    if seen:
-        raise InputError(f"--labels: duplicate label {seen[0]!r}")
-    files = [file_label(label) for label in labels]
-    if len(set(files)) != len(files):
-        raise InputError(f"--labels: {', '.join(labels)} give the same file names ({', '.join(files)})")
-
-
-def file_label(label: str) -> str:
-    """``label`` made safe for a file name (characters other than letters, digits, ``.``, ``_``, ``-`` -> ``_``)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", label)
-
-
-def load_run(run_dir: Path, label: str) -> RunLog:
-    """Read one run; it must have logged ``train/loss``."""
-    event_dir = find_event_dir(run_dir)
-    files = sorted(p for p in event_dir.glob(EVENT_GLOB) if p.is_file())
-    scalars = read_event_scalars(files)
-    if not scalars.get(TRAIN_LOSS):
-        raise InputError(
-            f"{event_dir}: no {TRAIN_LOSS} scalar in its event files (tags: {', '.join(scalars) or 'none'})"
-        )
-    return RunLog(label, run_dir, event_dir, files, scalars)
-
-
-def load_runs(run_dirs: Sequence[str | os.PathLike[str]], labels: Sequence[str] | None = None) -> list[RunLog]:
-    """Read every run; ``labels`` default to :func:`default_labels`."""
-    paths = [Path(d) for d in run_dirs]
-    if not paths:
-        raise InputError("RUN_DIR: at least one run directory is needed")
-    labels = list(labels) if labels is not None else default_labels(paths)
-    check_labels(labels, len(paths))
-    return [load_run(path, label) for path, label in zip(paths, labels, strict=True)]
-
-
-# ------------------------------------------------------------------------------------------------------ metrics
 def trapezoid_area(series: Series) -> float:
     """Area under the curve of ``series`` over its steps (trapezoid rule; 0 for a single point)."""
     steps = np.array([s for s, _ in series], dtype=np.float64)
@@ -240,41 +126,28 @@ def improvement(first: float | None, other: float | None) -> float | None:
     return (first - other) / first * 100.0
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with non-finite floats replaced by None, recursively (strict JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def build_comparison(runs: Sequence[RunLog], target_loss: float | None = None) -> dict[str, Any]:
     """The comparison of ``runs`` (JSON-ready): per run metrics and provenance, target, improvements vs the first."""
     if target_loss is not None and not math.isfinite(target_loss):
-        raise InputError(f"--target-loss: must be a finite number, got {target_loss}")
+        raise InputError(f"target_loss: must be a finite number, got {target_loss}")
     finals = [run.scalars[TRAIN_LOSS][-1][1] for run in runs]
     if target_loss is None:
         if not any(math.isfinite(f) for f in finals):
-            raise InputError(
-                f"{runs[0].event_dir}: no finite final {TRAIN_LOSS} to derive a target; pass --target-loss"
-            )
+            raise InputError(f"{runs[0].event_dir}: no finite final {TRAIN_LOSS} to derive a target; set target_loss")
         worst = max((i for i, f in enumerate(finals) if math.isfinite(f)), key=finals.__getitem__)
         target = {
             "value": default_target([finals[worst]]),
             "source": f"default: highest final train loss ({runs[worst].label}, {finals[worst]:.6g}) x {TARGET_MARGIN}",
         }
     else:
-        target = {"value": float(target_loss), "source": "--target-loss"}
+        target = {"value": float(target_loss), "source": "target_loss"}
     metrics = [run_metrics(run.scalars, target["value"]) for run in runs]
     first = runs[0].label
     improvements = {
         run.label: {name: improvement(metrics[0][name], m[name]) for name in METRICS}
         for run, m in zip(runs[1:], metrics[1:], strict=True)
     }
-    return _finite(
+    return finite_or_none(
         {
             "reference_run": first,
             "target_loss": target,

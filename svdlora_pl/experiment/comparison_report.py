@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
-from svdlora_pl import plots  # noqa: F401  (selects the headless Agg backend before pyplot is imported)
-from svdlora_pl.experiment.comparison import TRAIN_LOSS, VAL_LOSS, RunLog, Series, file_label
+from svdlora_pl.experiment.run_log import TRAIN_LOSS, VAL_LOSS, RunLog, Series, file_label
+from svdlora_pl.io import json_text
+from svdlora_pl.plots import new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 JSON_NAME = "comparison.json"
 REPORT_NAME = "comparison_report.txt"
@@ -132,9 +134,7 @@ def _values(series: Series | None) -> tuple[np.ndarray, np.ndarray]:
 
 def comparison_figure(comparison: dict[str, Any], runs: Sequence[RunLog]) -> Figure:
     """Train and validation loss curves of every run overlaid, and a bar chart of initial and final losses."""
-    import matplotlib.pyplot as plt
-
-    fig, (train_ax, val_ax, bar_ax) = plt.subplots(1, 3, figsize=(16, 4.6), layout="constrained")
+    fig, (train_ax, val_ax, bar_ax) = new_figure((16, 4.6), 1, 3)
     for run in runs:
         train_ax.plot(*_values(run.scalars[TRAIN_LOSS]), label=run.label, linewidth=1.2)
         steps, values = _values(run.scalars.get(VAL_LOSS))
@@ -178,16 +178,8 @@ def training_log_csv(scalars: dict[str, Series]) -> str:
 
 def write_comparison(directory: Path, comparison: dict[str, Any], runs: Sequence[RunLog]) -> None:
     """Write every output file into ``directory`` (a staging directory: the caller makes it atomic)."""
-    from svdlora_pl.plots import close_figures
-
-    (directory / JSON_NAME).write_text(
-        json.dumps(comparison, indent=2, allow_nan=False, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    (directory / JSON_NAME).write_text(json_text(comparison), encoding="utf-8")
     (directory / REPORT_NAME).write_text(format_report(comparison), encoding="utf-8")
     for run in runs:
         (directory / csv_name(run.label)).write_text(training_log_csv(run.scalars), encoding="utf-8")
-    figure = comparison_figure(comparison, runs)
-    try:
-        figure.savefig(directory / FIGURE_NAME, dpi=110)
-    finally:
-        close_figures([figure])
+    comparison_figure(comparison, runs).savefig(directory / FIGURE_NAME, dpi=110)

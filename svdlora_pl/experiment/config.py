@@ -1,4 +1,5 @@
-"""The configuration of ``svdlora experiment``: a small YAML file, read into dataclasses with checked fields.
+"""The configuration of ``svdlora experiment``: frozen dataclasses, parsed from YAML and the command line by
+jsonargparse (``svdlora experiment --help`` lists every field).
 
 Example (``configs/experiment/tiny.yaml``)::
 
@@ -13,40 +14,44 @@ Example (``configs/experiment/tiny.yaml``)::
     svd_init: {mode: warm_start}
     monitor_every_n_steps: 10
 
-Relative paths are relative to the working directory, as for ``svdlora fit -c``.
+Relative paths are relative to the working directory, as for ``svdlora fit -c``. In Python, build an
+:class:`ExperimentConfig` directly, or read a YAML file with :func:`load_experiment_config`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from svdlora_pl.errors import InputError
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoRAConfig:
-    """LoRA of both fits.
+    """LoRA of both LoRA fits.
 
     Args:
-        r: LoRA rank; also the rank of the exported SVD factors.
-        alpha: Scaling numerator (scaling = alpha / r).
+        r: LoRA rank of both fits; also the rank of the exported SVD factors.
+        alpha: Scaling numerator of both fits (scaling = alpha / r).
     """
 
     r: int = 8
     alpha: float = 16.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class SynthesisConfig:
-    """``svdlora synthesize`` options for a teacher synthesized from the random-init adapter.
+    """Teacher synthesized from the random-init adapter (``svdlora synthesize``; teacher: synthesized).
 
     Args:
-        target_rank: Rank R of the synthesized teacher (>= LoRA r).
-        noise_scale: Noise energy = noise_scale² × LoRA update energy.
-        decay: Decay rate of the appended singular values (null: the tool's default).
+        target_rank: Rank R of the synthesized teacher (>= lora.r): the adapter's r directions and R - r decaying
+            ones.
+        noise_scale: Noise energy = noise_scale² × the LoRA update's energy.
+        decay: Decay rate of the appended singular values (null: synthesize's default).
         seed: Seed of the completed bases and the noise.
     """
 
@@ -56,15 +61,15 @@ class SynthesisConfig:
     seed: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class FullFinetuneConfig:
-    """A real full fine-tune of the same base on the same data, used as the teacher.
+    """Teacher from a real full fine-tune of the same base on the same data (teacher: full_finetune).
 
     Args:
-        lr: Learning rate of the full fine-tune (all weights trained; much smaller than LoRA's).
+        lr: Learning rate of the full fine-tune (all weights train: much smaller than LoRA's).
         epochs: Epochs of the full fine-tune.
-        target_rank: Rank R at which the dense ΔW = W_ft − W_base is kept (its top R singular triplets).
-        svd: ``exact`` (torch.linalg.svd) or ``randomized`` (torch.svd_lowrank) for the dense ΔW.
+        target_rank: Rank R at which each dense ΔW = W_ft − W_base is kept (its top R singular triplets; >= lora.r).
+        svd: SVD of each dense ΔW: exact (torch.linalg.svd) or randomized (torch.svd_lowrank, for big models).
         fit_args: Extra ``svdlora fit`` arguments of the full fine-tune only.
     """
 
@@ -75,40 +80,52 @@ class FullFinetuneConfig:
     fit_args: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SVDInitConfig:
-    """The SVD-init fit.
+    """The SVD-init fit (``SVDTeacherInit`` from the teacher's rank-r factors).
 
     Args:
-        mode: ``warm_start`` (start at base + the teacher's rank-r update) or ``residual`` (same factors, the update
+        mode: warm_start (start at base + the teacher's rank-r update) or residual (same factors, the update
             subtracted from the base so the output is unchanged at step 0).
-        split: How √Σ is split in the exported factors (``sqrt``; ``B`` puts Σ in B).
+        split: How Σ is split in the exported factors: sqrt (√Σ to each factor) or B (Σ in B).
     """
 
     mode: Literal["warm_start", "residual"] = "warm_start"
     split: Literal["sqrt", "B"] = "sqrt"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExperimentConfig:
-    """Everything ``svdlora experiment`` runs.
+    """Random-init vs SVD-init LoRA in one command.
+
+    Fit with random init, build a teacher (synthesized from that adapter, or a full fine-tune), factorize it at the
+    LoRA rank, fit with SVDTeacherInit, compare both fits.
+
+    Each step is skipped when its output is complete, so rerunning resumes an interrupted experiment; a step that
+    runs makes the later steps run again. Every fit is an ordinary ``svdlora fit`` run with its own log dir and
+    config.yaml under <output_dir>/training_results/runs/.
 
     Args:
-        output_dir: Directory of every deliverable (``--output-dir`` overrides it).
-        fit_config: LightningCLI config (``svdlora fit -c``) shared by all fits: model, data, trainer, seed.
-        fit_args: Extra ``svdlora fit`` arguments of every fit (e.g. ``--trainer.max_steps=20``).
+        output_dir: Directory of every deliverable; rerunning into it resumes.
+        fit_config: LightningCLI config (``svdlora fit -c``) shared by every fit: model, data, trainer, seed.
+        fit_args: Extra ``svdlora fit`` arguments of every fit (e.g. ``[--trainer.max_steps=20]``).
         lora: LoRA rank and alpha of both LoRA fits.
         lr: Learning rate of both LoRA fits.
         epochs: Epochs of both LoRA fits.
-        teacher: ``synthesized`` (from the random-init run's adapter: circular by construction) or ``full_finetune``.
-        synthesis: Options of a synthesized teacher.
-        full_finetune: Options of a full fine-tune teacher.
-        svd_init: Options of the SVD-init fit.
+        teacher: synthesized (from the random-init run's adapter: circular by construction) or full_finetune (a
+            real full fine-tune of the same base on the same data: not circular).
+        synthesis: The synthesized teacher (teacher: synthesized).
+        full_finetune: The full fine-tune teacher (teacher: full_finetune).
+        svd_init: The SVD-init fit.
         monitor_every_n_steps: Optimizer steps between spectrum / teacher-alignment measurements.
+
+    Raises:
+        InputError: A value that is not positive, a teacher rank below ``lora.r``, or a missing ``fit_config``,
+            naming the field.
     """
 
-    output_dir: str = "experiments/default"
-    fit_config: str = "configs/tiny.yaml"
+    output_dir: Path = Path("experiments/default")
+    fit_config: Path = Path("configs/tiny.yaml")
     fit_args: list[str] = field(default_factory=list)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     lr: float = 3e-3
@@ -119,83 +136,49 @@ class ExperimentConfig:
     svd_init: SVDInitConfig = field(default_factory=SVDInitConfig)
     monitor_every_n_steps: int = 10
 
+    def __post_init__(self) -> None:
+        positive = {
+            "lora.r": self.lora.r, "lora.alpha": self.lora.alpha, "lr": self.lr, "epochs": self.epochs,
+            "synthesis.target_rank": self.synthesis.target_rank, "full_finetune.lr": self.full_finetune.lr,
+            "full_finetune.epochs": self.full_finetune.epochs,
+            "full_finetune.target_rank": self.full_finetune.target_rank,
+            "monitor_every_n_steps": self.monitor_every_n_steps,
+        }  # fmt: skip
+        for where, value in positive.items():
+            if not (value > 0 and math.isfinite(value)):
+                raise InputError(f"{where}: must be positive, got {value}")
+        if self.teacher_rank() < self.lora.r:
+            where = "synthesis.target_rank" if self.teacher == "synthesized" else "full_finetune.target_rank"
+            raise InputError(f"{where}: teacher rank {self.teacher_rank()} is below lora.r = {self.lora.r}")
+        if not Path(self.fit_config).is_file():
+            raise InputError(f"fit_config: {self.fit_config} not found")
+
     def teacher_rank(self) -> int:
         """Rank R of the teacher of the configured kind."""
         return self.synthesis.target_rank if self.teacher == "synthesized" else self.full_finetune.target_rank
 
 
-CHOICES = {
-    "teacher": ("synthesized", "full_finetune"),
-    "svd": ("exact", "randomized"),
-    "mode": ("warm_start", "residual"),
-    "split": ("sqrt", "B"),
-}
+def load_experiment_config(path: str | os.PathLike[str], *overrides: str) -> ExperimentConfig:
+    """Read an experiment YAML exactly as ``svdlora experiment -c PATH [OVERRIDES]`` does (same parser).
 
+    Args:
+        path: The experiment YAML.
+        overrides: Command-line options after it, e.g. ``"--output_dir=experiments/run2"``.
 
-def _convert(path: Path, where: str, value: Any, default: Any) -> Any:
-    """``value`` checked against the type of the field's default (bool/int/float/str/list of str)."""
-    if isinstance(default, list):
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise InputError(f"{path}: {where}: expected a list of strings, got {value!r}")
-        return value
-    if isinstance(default, float) or default is None:
-        if isinstance(value, bool) or not isinstance(value, int | float) and value is not None:
-            raise InputError(f"{path}: {where}: expected a number, got {value!r}")
-        return None if value is None else float(value)
-    if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
-        raise InputError(f"{path}: {where}: expected an integer, got {value!r}")
-    if isinstance(default, str) and not isinstance(value, str):
-        raise InputError(f"{path}: {where}: expected a string, got {value!r}")
-    choices = CHOICES.get(where.rpartition(".")[2])
-    if choices and value not in choices:
-        raise InputError(f"{path}: {where}: must be one of {', '.join(choices)}, got {value!r}")
-    return value
+    Raises:
+        InputError: The file is missing or not valid, or a field is unknown, mistyped or out of range.
+    """
+    from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
-
-def _build(cls: type, path: Path, data: Any, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: {prefix or 'top level'}: expected a mapping, got {type(data).__name__}")
-    instance = cls()
-    fields = {f.name for f in dataclasses.fields(cls)}
-    for key, value in data.items():
-        where = f"{prefix}{key}"
-        if key not in fields:
-            raise InputError(f"{path}: {where}: unknown field (expected one of {', '.join(sorted(fields))})")
-        default = getattr(instance, key)
-        if dataclasses.is_dataclass(default):
-            setattr(instance, key, _build(type(default), path, value, f"{where}."))
-        else:
-            setattr(instance, key, _convert(path, where, value, default))
-    return instance
-
-
-def _check(path: Path, config: ExperimentConfig) -> None:
-    positive = {
-        "lora.r": config.lora.r, "lora.alpha": config.lora.alpha, "lr": config.lr, "epochs": config.epochs,
-        "synthesis.target_rank": config.synthesis.target_rank, "full_finetune.lr": config.full_finetune.lr,
-        "full_finetune.epochs": config.full_finetune.epochs, "full_finetune.target_rank": config.full_finetune.target_rank,
-        "monitor_every_n_steps": config.monitor_every_n_steps,
-    }  # fmt: skip
-    for where, value in positive.items():
-        if value <= 0:
-            raise InputError(f"{path}: {where}: must be positive, got {value}")
-    if config.teacher_rank() < config.lora.r:
-        raise InputError(f"{path}: teacher rank {config.teacher_rank()} is below lora.r = {config.lora.r}")
-    if not Path(config.fit_config).is_file():
-        raise InputError(f"{path}: fit_config: {config.fit_config} not found")
-
-
-def load_experiment_config(path: str | Path) -> ExperimentConfig:
-    """Read and check an experiment YAML; every problem is an InputError naming the file and the field."""
-    import yaml
-
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"{file}: file not found")
+    if not Path(path).is_file():
+        raise InputError(f"{path}: file not found")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("-c", "--config", action=ActionConfigFile)
+    parser.add_argument("--force", type=bool, default=False)  # a config printed by ``svdlora experiment`` has it
+    parser.add_class_arguments(ExperimentConfig, fail_untyped=True, sub_configs=True)
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise InputError(f"{file}: not valid YAML: {str(error).splitlines()[0]}") from None
-    config = _build(ExperimentConfig, file, data if data is not None else {}, "")
-    _check(file, config)
-    return config
+        parsed = parser.parse_args(["-c", str(path), *overrides])
+    except ArgumentError as error:
+        raise InputError(f"{path}: {' '.join(str(error).split())}") from None
+    values = parser.instantiate_classes(parsed)
+    return ExperimentConfig(**{field.name: values[field.name] for field in dataclasses.fields(ExperimentConfig)})

@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from svdlora_pl.experiment.comparison import RunLog
+from svdlora_pl.errors import InputError
+from svdlora_pl.experiment.run_log import RunLog
+from svdlora_pl.io import open_safetensors
 
 
 def _locate(given: str, anchors: Sequence[Path]) -> Path | None:
@@ -36,12 +37,10 @@ def _header_metadata(path: Path | None) -> dict[str, str] | None:
     """The string metadata of a safetensors file's header (no tensor is read); None if unreadable."""
     if path is None:
         return None
-    from safetensors import SafetensorError, safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with open_safetensors(path) as handle:
             return dict(handle.metadata() or {})
-    except (SafetensorError, OSError, ValueError):
+    except InputError:
         return None
 
 

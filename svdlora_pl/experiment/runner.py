@@ -1,43 +1,51 @@
 """The one-command random-init vs SVD-init experiment: five resumable steps into one output directory.
 
+Usage::
+
+    from svdlora_pl.experiment.config import ExperimentConfig
+    from svdlora_pl.experiment.runner import run_experiment
+
+    layout = run_experiment(ExperimentConfig(output_dir=Path("experiments/tiny")))  # Layout: where everything is
+
 Steps (each skipped when its output is complete; a step that runs makes every later step run again):
 
 1. ``fit_random``: ``svdlora fit`` with PEFT's random init -> ``training_results/final_model_random/``;
-2. ``teacher``: ``svdlora synthesize`` from that adapter -> ``synthesized_teacher/``, or a full fine-tune of the
-   same base on the same data (``training_results/runs/full_finetune/``) and its dense ΔW kept at rank R ->
-   ``full_teacher/``;
-3. ``factorize``: ``svdlora factorize`` of the teacher at the LoRA rank -> ``svd_results/``;
+2. ``teacher``: :func:`~svdlora_pl.teacher.synthesize.synthesize` from that adapter -> ``synthesized_teacher/``, or
+   a full fine-tune of the same base on the same data (``training_results/runs/full_finetune/``) and its dense ΔW
+   kept at rank R -> ``full_teacher/``;
+3. ``factorize``: :func:`~svdlora_pl.teacher.factorize.factorize` of the teacher at the LoRA rank ->
+   ``svd_results/``;
 4. ``fit_svd``: ``svdlora fit`` with ``SVDTeacherInit`` from those factors, same seed and data order ->
    ``training_results/final_model_svd/``;
-5. ``compare``: ``svdlora compare`` of both runs -> ``training_results/comparison_*`` and ``training_log_*.csv``.
+5. ``compare``: :func:`~svdlora_pl.experiment.compare.compare` of both runs -> ``training_results/comparison_*`` and
+   ``training_log_*.csv``.
 
 Every fit is an ordinary ``svdlora fit`` process (own Lightning log dir under ``training_results/runs/<name>/``, its
 ``config.yaml``; the command is printed) with ``LoRASpectrumMonitor``, and the SVD-init fit also with
-``TeacherAlignmentMonitor``. Outputs are written atomically, so an interrupted step leaves no output and runs again.
+``TeacherAlignmentMonitor``. The other steps run in this process (their equivalent ``svdlora`` command is printed).
+Outputs are written atomically, so an interrupted step leaves no output and runs again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 from svdlora_pl.errors import InputError
+from svdlora_pl.experiment.comparison_report import FIGURE_NAME, JSON_NAME, REPORT_NAME, csv_name
 from svdlora_pl.experiment.config import ExperimentConfig
 from svdlora_pl.io import atomic_directory
 
 SPECTRUM = "svdlora_pl.callbacks.LoRASpectrumMonitor"
 ALIGNMENT = "svdlora_pl.callbacks.TeacherAlignmentMonitor"
-COMPARISON_FILES = (
-    "comparison.json",
-    "comparison_random_vs_svd.png",
-    "training_log_random.csv",
-    "training_log_svd.csv",
-)
-REPORT = "comparison_report.txt"
+LABELS = ("random", "svd")
+"""Labels of the two LoRA fits in the comparison (reference first)."""
 
 
 class StepFailed(RuntimeError):
@@ -48,18 +56,22 @@ class StepFailed(RuntimeError):
         self.code = code
 
 
-@dataclass
+@dataclass(frozen=True)
 class Layout:
-    """Where every deliverable of an experiment lives."""
+    """Where every deliverable of an experiment lives (under ``config.output_dir``)."""
 
-    root: Path
     config: ExperimentConfig
+
+    @property
+    def root(self) -> Path:
+        return Path(self.config.output_dir)
 
     @property
     def results(self) -> Path:
         return self.root / "training_results"
 
     def run_root(self, name: str) -> Path:
+        """Root directory (``trainer.default_root_dir``) of one fit."""
         return self.results / "runs" / name
 
     def final_model(self, name: str) -> Path:
@@ -71,8 +83,10 @@ class Layout:
 
     @property
     def teacher_file(self) -> Path:
-        prefix = "synthesized" if self.config.teacher == "synthesized" else "full"
-        return self.teacher_dir / f"{prefix}_delta_rank{self.config.teacher_rank()}.safetensors"
+        from svdlora_pl.teacher.synthesize import delta_name, full_delta_name
+
+        name = delta_name if self.config.teacher == "synthesized" else full_delta_name
+        return self.teacher_dir / name(self.config.teacher_rank())
 
     @property
     def svd_dir(self) -> Path:
@@ -80,11 +94,41 @@ class Layout:
 
     @property
     def factors(self) -> Path:
-        return self.svd_dir / f"svd_factors_rank{self.config.lora.r}.safetensors"
+        from svdlora_pl.teacher.factorize import factors_name
+
+        return self.svd_dir / factors_name(self.config.lora.r)
+
+    @property
+    def comparison(self) -> Path:
+        return self.results / JSON_NAME
 
     @property
     def report(self) -> Path:
-        return self.results / REPORT
+        return self.results / REPORT_NAME
+
+    def deliverables(self) -> list[tuple[str, Path]]:
+        """(what, where) of every deliverable, in step order."""
+        return [
+            ("random-init adapter", self.final_model("random")),
+            ("teacher and its report", self.teacher_dir),
+            ("SVD factors and analysis", self.svd_dir),
+            ("SVD-init adapter", self.final_model("svd")),
+            ("comparison report", self.report),
+            ("training logs (CSV, TensorBoard)", self.results),
+        ]
+
+
+def announce(step: str, tool: str, options: dict[str, Any]) -> None:
+    """Print the ``svdlora TOOL`` command line equivalent to an in-process step."""
+    words = []
+    for key, value in options.items():
+        if dataclasses.is_dataclass(value):
+            words += [f"--{key}.{name} {item}" for name, item in dataclasses.asdict(value).items()]
+        elif isinstance(value, list | tuple):
+            words.append(f"--{key} '[{', '.join(map(str, value))}]'")
+        elif value is not None:
+            words.append(f"--{key} {value}")
+    print(f"[experiment] {step}: svdlora {tool} {' '.join(words)}", flush=True)
 
 
 def log_dir(run_root: Path) -> Path:
@@ -95,34 +139,60 @@ def log_dir(run_root: Path) -> Path:
     return found[0]
 
 
-def fit_command(config: ExperimentConfig, run_root: Path, extra: list[str]) -> list[str]:
-    """The ``svdlora fit`` command line of one fit (run as ``python -m svdlora_pl.cli`` in a subprocess)."""
-    return [
-        sys.executable, "-m", "svdlora_pl.cli", "fit", "-c", config.fit_config,
-        f"--trainer.default_root_dir={run_root}",
-        *extra, *config.fit_args,
-    ]  # fmt: skip
+Fit = Literal["random", "svd", "full_finetune"]
+"""The experiment's fits: random-init LoRA, SVD-init LoRA, and the full fine-tune teacher."""
 
 
-def lora_args(config: ExperimentConfig) -> list[str]:
-    return [
+def callback_args(class_path: str, **init_args: object) -> list[str]:
+    """``svdlora fit`` arguments that append one callback to the fit config's ``trainer.callbacks``."""
+    return [f"--trainer.callbacks+={class_path}", *(f"--trainer.callbacks.{k}={v}" for k, v in init_args.items())]
+
+
+def fit_args(layout: Layout, fit: Fit) -> list[str]:
+    """The experiment's ``svdlora fit`` arguments of one fit (after the fit config, before ``fit_args``)."""
+    config = layout.config
+    if fit == "full_finetune":  # no LoRA: every weight trains
+        full = config.full_finetune
+        return ["--model.lora=null", f"--model.optimizer.init_args.lr={full.lr}", f"--trainer.max_epochs={full.epochs}"]
+    lora = [
         f"--model.lora.r={config.lora.r}",
         f"--model.lora.alpha={config.lora.alpha}",
         f"--model.optimizer.init_args.lr={config.lr}",
         f"--trainer.max_epochs={config.epochs}",
-        f"--trainer.callbacks+={SPECTRUM}",
-        f"--trainer.callbacks.every_n_steps={config.monitor_every_n_steps}",
+        *callback_args(SPECTRUM, every_n_steps=config.monitor_every_n_steps),
+    ]
+    if fit == "random":
+        return lora
+    return [
+        *lora,
+        "--model.initializer=svdlora_pl.initializers.SVDTeacherInit",
+        f"--model.initializer.factors={layout.factors}",
+        f"--model.initializer.mode={config.svd_init.mode}",
+        *callback_args(ALIGNMENT, factors=layout.factors, every_n_steps=config.monitor_every_n_steps),
     ]
 
 
-def run_fit(name: str, command: list[str], run_root: Path) -> Path:
+def fit_command(layout: Layout, fit: Fit) -> list[str]:
+    """The command line of one fit: ``svdlora fit`` (as ``python -m svdlora_pl.cli``) in its own root directory."""
+    config = layout.config
+    extra = [*config.full_finetune.fit_args, *config.fit_args] if fit == "full_finetune" else config.fit_args
+    return [
+        sys.executable, "-m", "svdlora_pl.cli", "fit", "-c", str(config.fit_config),
+        f"--trainer.default_root_dir={layout.run_root(fit)}",
+        *fit_args(layout, fit), *extra,
+    ]  # fmt: skip
+
+
+def run_fit(layout: Layout, fit: Fit, step: str) -> Path:
     """Run one fit from scratch (a leftover of an interrupted attempt is removed first); returns its log dir."""
-    shutil.rmtree(run_root, ignore_errors=True)
-    print(f"[experiment] {name}: {' '.join(command[2:])}", flush=True)
+    root = layout.run_root(fit)
+    command = fit_command(layout, fit)
+    shutil.rmtree(root, ignore_errors=True)
+    print(f"[experiment] {step}: svdlora {' '.join(command[3:])}", flush=True)
     code = subprocess.run(command, check=False).returncode
     if code != 0:
-        raise StepFailed(name, code)
-    return log_dir(run_root)
+        raise StepFailed(step, code)
+    return log_dir(root)
 
 
 def keep_adapter(source: Path, target: Path) -> None:
@@ -132,38 +202,35 @@ def keep_adapter(source: Path, target: Path) -> None:
 
 
 def step_fit_random(layout: Layout) -> None:
-    root = layout.run_root("random")
-    run = run_fit("fit_random", fit_command(layout.config, root, lora_args(layout.config)), root)
+    run = run_fit(layout, "random", "fit_random")
     keep_adapter(run / "adapter", layout.final_model("random"))
 
 
 def step_teacher(layout: Layout) -> None:
-    from svdlora_pl.teacher import synthesize as synthesize_cli
+    from svdlora_pl.teacher.delta_svd import SVDOptions
+    from svdlora_pl.teacher.synthesize import synthesize
 
     config = layout.config
     if config.teacher == "synthesized":
         synthesis = config.synthesis
-        args = [
-            "--adapter", str(log_dir(layout.run_root("random")) / "adapter"),  # provenance names the run
-            "--target-rank", str(synthesis.target_rank),
-            "--noise-scale", str(synthesis.noise_scale), "--seed", str(synthesis.seed),
-        ]  # fmt: skip
-        if synthesis.decay is not None:
-            args += ["--decay", str(synthesis.decay)]
+        options: dict[str, Any] = {
+            "adapter": log_dir(layout.run_root("random")) / "adapter",  # provenance names the run
+            "target_rank": synthesis.target_rank,
+            "noise_scale": synthesis.noise_scale,
+            "decay": synthesis.decay,
+            "seed": synthesis.seed,
+        }
     else:
         full = config.full_finetune
-        root = layout.run_root("full_finetune")
-        extra = [
-            "--model.lora=null",
-            f"--model.optimizer.init_args.lr={full.lr}",
-            f"--trainer.max_epochs={full.epochs}",
-        ]
-        run = run_fit("teacher (full fine-tune)", fit_command(config, root, extra + full.fit_args), root)
-        base = _base_model(run)
-        args = ["--base", base, "--finetuned", str(run / "model"), "--target-rank", str(full.target_rank)]
-        args += ["--svd", full.svd]
-    print(f"[experiment] teacher: svdlora synthesize {' '.join(args)}", flush=True)
-    synthesize_cli.main([*args, "--output-dir", str(layout.teacher_dir), "--overwrite"])
+        run = run_fit(layout, "full_finetune", "teacher (full fine-tune)")
+        options = {
+            "base": _base_model(run),
+            "finetuned": str(run / "model"),
+            "target_rank": full.target_rank,
+            "svd": SVDOptions(method=full.svd),
+        }
+    announce("teacher", "synthesize", options)
+    synthesize(output_dir=layout.teacher_dir, overwrite=True, **options)
 
 
 def _base_model(run: Path) -> str:
@@ -175,42 +242,38 @@ def _base_model(run: Path) -> str:
 
 
 def step_factorize(layout: Layout) -> None:
-    from svdlora_pl.teacher import factorize as factorize_cli
+    from svdlora_pl.teacher.factorize import factorize
 
-    config = layout.config
-    args = ["--delta", str(layout.teacher_file), "--rank", str(config.lora.r), "--split", config.svd_init.split]
-    print(f"[experiment] factorize: svdlora factorize {' '.join(args)}", flush=True)
-    factorize_cli.main([*args, "--output-dir", str(layout.svd_dir), "--overwrite"])
+    options: dict[str, Any] = {
+        "delta": layout.teacher_file,
+        "rank": layout.config.lora.r,
+        "split": layout.config.svd_init.split,
+    }
+    announce("factorize", "factorize", options)
+    factorize(output_dir=layout.svd_dir, overwrite=True, **options)
 
 
 def step_fit_svd(layout: Layout) -> None:
-    config = layout.config
-    root = layout.run_root("svd")
-    extra = lora_args(config) + [
-        "--model.initializer=svdlora_pl.initializers.SVDTeacherInit",
-        f"--model.initializer.factors={layout.factors}",
-        f"--model.initializer.mode={config.svd_init.mode}",
-        f"--trainer.callbacks+={ALIGNMENT}",
-        f"--trainer.callbacks.factors={layout.factors}",
-        f"--trainer.callbacks.every_n_steps={config.monitor_every_n_steps}",
-    ]
-    run = run_fit("fit_svd", fit_command(config, root, extra), root)
+    run = run_fit(layout, "svd", "fit_svd")
     keep_adapter(run / "adapter", layout.final_model("svd"))
 
 
 def step_compare(layout: Layout) -> None:
     """Compare both runs; the files land in ``training_results/`` (the report last: it marks completion)."""
-    from svdlora_pl.experiment import compare as compare_cli
+    from svdlora_pl.experiment.compare import compare, print_summary
 
     staging = layout.results / ".comparison-staging"
     shutil.rmtree(staging, ignore_errors=True)
-    runs = [str(log_dir(layout.run_root("random"))), str(log_dir(layout.run_root("svd")))]
-    args = compare_cli.build_parser().parse_args([*runs, "--labels", "random", "svd", "--output-dir", str(staging)])
-    comparison = compare_cli.run(args)
-    for name in (*COMPARISON_FILES, REPORT):
+    options: dict[str, Any] = {
+        "run_dirs": [log_dir(layout.run_root("random")), log_dir(layout.run_root("svd"))],
+        "labels": list(LABELS),
+    }
+    announce("compare", "compare", {**options, "output_dir": layout.results})
+    comparison = compare(output_dir=staging, **options)
+    for name in (JSON_NAME, FIGURE_NAME, *map(csv_name, LABELS), REPORT_NAME):
         (staging / name).replace(layout.results / name)
     shutil.rmtree(staging, ignore_errors=True)
-    compare_cli.print_summary(comparison, layout.results)
+    print_summary(comparison, layout.results)
 
 
 @dataclass(frozen=True)
@@ -231,10 +294,22 @@ STEPS = (
 )
 
 
-def run_experiment(config: ExperimentConfig, output_dir: Path, force: bool = False) -> Layout:
-    """Run (or resume) every step into ``output_dir``; ``force`` redoes all of them."""
-    layout = Layout(output_dir, config)
-    output_dir.mkdir(parents=True, exist_ok=True)
+def run_experiment(config: ExperimentConfig, force: bool = False) -> Layout:
+    """Run (or resume) every step of the experiment into ``config.output_dir``.
+
+    Args:
+        config: The experiment (checked when built).
+        force: Redo every step, even those whose output is complete.
+
+    Returns:
+        Where every deliverable is.
+
+    Raises:
+        StepFailed: A fit exited with a non-zero code (rerun to resume).
+        InputError: A step refused its input.
+    """
+    layout = Layout(config)
+    layout.root.mkdir(parents=True, exist_ok=True)
     stale = force
     for step in STEPS:
         if not stale and step.done(layout).is_file():

@@ -1,5 +1,5 @@
-"""``svdlora compare`` end to end through ``svdlora_pl.cli.main``: the files written, their exact content (JSON
-round trip, report table, wide CSV), the PNG, and bad input exiting 2 with one line and nothing written."""
+"""``compare``: the files written, their exact content (JSON round trip, report table, wide CSV), the PNG, labels,
+an explicit target, overwriting, a single run, and bad input raising one InputError with nothing written."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from builders import LOSS_A, LOSS_B, f32, make_run, svd_init, write_config, write_events
 
-from svdlora_pl.cli import main
-from svdlora_pl.experiment.compare import build_parser
+from svdlora_pl.errors import InputError
+from svdlora_pl.experiment.compare import compare
 
 FILES = {
     "comparison.json",
@@ -33,20 +33,15 @@ def runs(tmp_path_factory) -> tuple[Path, Path]:
     return random, svd
 
 
-def compare(*args: str | Path) -> int:
-    return main(["compare", *map(str, args)])
-
-
-def test_outputs_and_content(runs, tmp_path, capsys):
+def test_outputs_and_content(runs, tmp_path):
     random, svd = runs
     out = tmp_path / "out"
     # parent directories holding one run each: default labels are their names
-    assert compare(random.parents[1], svd.parents[1], "--output-dir", out) == 0
+    returned = compare([random.parents[1], svd.parents[1]], out)
     assert {p.name for p in out.iterdir()} == FILES
-    printed = capsys.readouterr().out
-    assert f"wrote {out}" in printed and "svd vs random: initial loss +25.0%, steps to target +20.0%" in printed
 
     result = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+    assert result == returned
     A = f32(LOSS_A)
     assert result["target_loss"]["value"] == pytest.approx(A[-1] * 1.05, rel=1e-12)
     assert [r["label"] for r in result["runs"]] == ["random", "svd"]
@@ -86,21 +81,7 @@ def test_labels_target_and_overwrite(runs, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("x")
-    assert (
-        compare(
-            random,
-            svd,
-            "--labels",
-            "Random-init",
-            "SVD init",
-            "--target-loss",
-            "1.05",
-            "--output-dir",
-            out,
-            "--overwrite",
-        )
-        == 0
-    )
+    compare([random, svd], out, labels=["Random-init", "SVD init"], target_loss=1.05, overwrite=True)
     assert {p.name for p in out.iterdir()} == {
         "comparison.json",
         "comparison_report.txt",
@@ -109,12 +90,22 @@ def test_labels_target_and_overwrite(runs, tmp_path):
         "training_log_SVD_init.csv",
     }
     result = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
-    assert result["target_loss"] == {"value": 1.05, "source": "--target-loss"}
+    assert result["target_loss"] == {"value": 1.05, "source": "target_loss"}
     assert [r["metrics"]["steps_to_target"] for r in result["runs"]] == [None, 5]
     assert result["improvement_pct"]["SVD init"]["steps_to_target"] is None
 
 
-def bad_cases(runs: tuple[Path, Path], tmp: Path) -> dict[str, tuple[list[str | Path], str]]:
+def test_single_run_has_no_improvement_column(runs, tmp_path):
+    out = tmp_path / "one"
+    compare([runs[0]], out, labels=["random"])
+    result = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+    assert result["improvement_pct"] == {}
+    assert result["target_loss"]["value"] == pytest.approx(float(np.float32(1.2)) * 1.05)
+    assert "Improvement" not in (out / "comparison_report.txt").read_text(encoding="utf-8").splitlines()[3]
+
+
+def bad_cases(runs: tuple[Path, Path], tmp: Path) -> dict[str, tuple[dict, str]]:
+    """Keyword arguments of ``compare`` (``output_dir`` defaults to ``tmp/out``) and the error they raise."""
     random, svd = runs
     (tmp / "empty").mkdir()
     no_loss = write_events(tmp / "no_loss", {"val/loss": [(0, 1.0)]})
@@ -122,43 +113,39 @@ def bad_cases(runs: tuple[Path, Path], tmp: Path) -> dict[str, tuple[list[str | 
     full.mkdir()
     (full / "keep.txt").write_text("keep")
     return {
-        "no events": ([random, tmp / "empty"], "empty: no TensorBoard event files"),
-        "no train/loss": ([random, no_loss], "no_loss: no train/loss scalar"),
-        "label count": ([random, svd, "--labels", "a"], "--labels: 1 labels for 2 run directories"),
-        "duplicate labels": ([random, svd, "--labels", "a", "a"], "--labels: duplicate label 'a'"),
-        "non-empty output": ([random, svd, "--output-dir", full], "exists and is not empty (pass --overwrite"),
-        "missing dir": ([tmp / "nope"], "nope: not a directory"),
-        "no run dirs": ([], "compare: the following arguments are required: RUN_DIR"),
+        "no events": ({"run_dirs": [random, tmp / "empty"]}, "empty: no TensorBoard event files"),
+        "no train/loss": ({"run_dirs": [random, no_loss]}, "no_loss: no train/loss scalar"),
+        "label count": ({"run_dirs": [random, svd], "labels": ["a"]}, "labels: 1 labels for 2 run directories"),
+        "duplicate labels": ({"run_dirs": [random, svd], "labels": ["a", "a"]}, "labels: duplicate label 'a'"),
+        "non-empty output": ({"run_dirs": [random, svd], "output_dir": full}, "output_dir: .* exists and is not empty"),
+        "output replaces input": ({"run_dirs": [random, svd], "output_dir": random.parent}, "would replace the input"),
+        "missing dir": ({"run_dirs": [tmp / "nope"]}, "nope: not a directory"),
+        "no run dirs": ({"run_dirs": []}, "run_dirs: at least one run directory is needed"),
+        "infinite target": ({"run_dirs": [random], "target_loss": float("inf")}, "target_loss: must be a finite"),
     }
 
 
-@pytest.mark.parametrize(
-    "case",
-    ["no events", "no train/loss", "label count", "duplicate labels", "non-empty output", "missing dir", "no run dirs"],
-)
-def test_bad_input_exits_2_one_line_nothing_written(runs, tmp_path, capsys, case):
-    args, message = bad_cases(runs, tmp_path)[case]
+CASES = [
+    "no events",
+    "no train/loss",
+    "label count",
+    "duplicate labels",
+    "non-empty output",
+    "output replaces input",
+    "missing dir",
+    "no run dirs",
+    "infinite target",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_raises_and_writes_nothing(runs, tmp_path, case):
+    options, message = bad_cases(runs, tmp_path)[case]
     out = tmp_path / "out"
-    if "--output-dir" not in args:
-        args = [*args, "--output-dir", out]
-    assert compare(*args) == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    options.setdefault("output_dir", out)
+    with pytest.raises(InputError, match=message):
+        compare(**options)
     assert not out.exists()
     assert (tmp_path / "full" / "keep.txt").read_text() == "keep"
+    assert {p.name for p in runs[0].parent.iterdir()} == {"version_0"}
     assert not list(tmp_path.glob(".out.*"))  # no staging directory left behind
-
-
-def test_help_lists_definitions():
-    text = " ".join(build_parser().format_help().split())
-    assert "first step whose raw (unsmoothed) train/loss is <= the target" in text
-    assert "--target-loss" in text and "--labels" in text
-
-
-def test_single_run_has_no_improvement_column(runs, tmp_path):
-    out = tmp_path / "one"
-    assert compare(runs[0], "--labels", "random", "--output-dir", out) == 0
-    result = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
-    assert result["improvement_pct"] == {}
-    assert result["target_loss"]["value"] == pytest.approx(float(np.float32(1.2)) * 1.05)
-    assert "Improvement" not in (out / "comparison_report.txt").read_text(encoding="utf-8").splitlines()[3]

@@ -1,4 +1,6 @@
-"""``svdlora experiment``: a shortened tiny experiment yields every deliverable and resumes; bad configs exit 2."""
+"""The experiment runner: a shortened tiny experiment yields every deliverable and resumes (through the library,
+then the command line); the resume rules (skip what is complete, redo what follows a step that ran, ``force``) on
+stand-in steps."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import yaml
 from helpers import ROOT
 
 from svdlora_pl.cli import main
-from svdlora_pl.errors import InputError
-from svdlora_pl.experiment.config import load_experiment_config
+from svdlora_pl.experiment import runner
+from svdlora_pl.experiment.config import ExperimentConfig, load_experiment_config
+from svdlora_pl.experiment.runner import Layout, Step, run_experiment
 
 QUICK_ARGS = [
     "--trainer.limit_train_batches=3",
@@ -51,12 +54,16 @@ DELIVERABLES = [
 
 def test_quick_experiment_writes_every_deliverable_and_resumes(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    assert main(["experiment", "-c", str(quick_config(tmp_path)), "--output-dir", str(out)]) == 0
+    config = load_experiment_config(quick_config(tmp_path), f"--output_dir={out}")
+    layout = run_experiment(config)
+    assert layout.root == out
     for name in DELIVERABLES:
         assert (out / name).is_file(), name
-    summary = capsys.readouterr().out
-    assert "circular" in summary and "initial train loss (random -> svd)" in summary
-    assert f"wrote {out / 'training_results'} (2 runs" in summary and "staging" not in summary
+    assert {path for _, path in layout.deliverables()} >= {layout.teacher_dir, layout.svd_dir, layout.report}
+    printed = capsys.readouterr().out
+    assert f"wrote {out / 'training_results'} (2 runs" in printed and "staging" not in printed
+    assert f"[experiment] teacher: svdlora synthesize --adapter {layout.run_root('random')}" in printed
+    assert f"[experiment] factorize: svdlora factorize --delta {layout.teacher_file} --rank 8" in printed
     comparison = json.loads((out / "training_results/comparison.json").read_text())
     svd = next(run for run in comparison["runs"] if run["label"] == "svd")
     assert svd["provenance"]["circular_with"] == "random"
@@ -70,44 +77,57 @@ def test_quick_experiment_writes_every_deliverable_and_resumes(tmp_path: Path, c
     (out / "svd_results/svd_factors_rank8.safetensors").unlink()  # step 3 lost: steps 3-5 run again
     report = out / "training_results/comparison_report.txt"
     report_before = report.stat().st_mtime_ns
-    assert main(["experiment", "-c", str(quick_config(tmp_path)), "--output-dir", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "fit_random: done already" in printed and "teacher: done already" in printed
+    assert main(["experiment", "-c", str(quick_config(tmp_path)), "--output_dir", str(out)]) == 0
+    summary = capsys.readouterr().out
+    assert "fit_random: done already" in summary and "teacher: done already" in summary
+    assert "circular" in summary and "initial train loss (random -> svd)" in summary
+    assert f"deliverables in {out}:" in summary
     assert random_adapter.stat().st_mtime_ns == before
     assert (out / "svd_results/svd_factors_rank8.safetensors").is_file()
     assert report.stat().st_mtime_ns > report_before
     assert len(list((out / "training_results/runs/svd").glob("lightning_logs/version_*"))) == 1
 
 
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"teacher": "oracle"}, "teacher: must be one of synthesized, full_finetune"),
-        ({"lora": {"r": 0}}, "lora.r: must be positive"),
-        ({"lora": {"rank": 8}}, "lora.rank: unknown field"),
-        ({"synthesis": {"target_rank": 4}}, "teacher rank 4 is below lora.r = 8"),
-        ({"fit_config": "missing.yaml"}, "fit_config: missing.yaml not found"),
-        ({"epochs": "four"}, "epochs: expected an integer"),
-        ({"fit_args": "--x"}, "fit_args: expected a list of strings"),
-    ],
-)
-def test_bad_configs_name_the_field(tmp_path: Path, changes: dict, message: str) -> None:
-    with pytest.raises(InputError, match=message):
-        load_experiment_config(quick_config(tmp_path, **changes))
+def stand_in_steps(ran: list[str]) -> tuple[Step, ...]:
+    """Three steps that each write one file under the output directory and record that they ran."""
+
+    def step(name: str) -> Step:
+        def run(layout: Layout) -> None:
+            ran.append(name)
+            (layout.root / name).write_text(name)
+
+        return Step(name, lambda layout: layout.root / name, run)
+
+    return tuple(step(name) for name in ("first", "second", "third"))
 
 
-def test_cli_exits_2_on_bad_config(tmp_path: Path, capsys) -> None:
-    broken = tmp_path / "broken.yaml"
-    broken.write_text("lora: [unclosed\n")
-    assert main(["experiment", "-c", str(broken), "--output-dir", str(tmp_path / "out")]) == 2
-    assert "not valid YAML" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+def test_resume_skips_complete_steps_and_redoes_what_follows(tmp_path: Path, monkeypatch, capsys) -> None:
+    ran: list[str] = []
+    monkeypatch.setattr(runner, "STEPS", stand_in_steps(ran))
+    config = ExperimentConfig(output_dir=tmp_path / "out", fit_config=ROOT / "configs/tiny.yaml")
+    run_experiment(config)
+    assert ran == ["first", "second", "third"]
+    run_experiment(config)
+    assert ran == ["first", "second", "third"]  # everything complete: nothing runs
+    assert capsys.readouterr().out.count("done already") == 3
+    (tmp_path / "out" / "second").unlink()
+    ran.clear()
+    run_experiment(config)
+    assert ran == ["second", "third"]  # the third is complete but follows a step that ran
+    ran.clear()
+    run_experiment(config, force=True)
+    assert ran == ["first", "second", "third"]
 
 
-def test_shipped_experiment_configs_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(ROOT)  # their fit_config paths are relative to the repository root
-    paths = sorted((ROOT / "configs/experiment").glob("*.yaml"))
-    assert len(paths) == 3
-    for path in paths:
-        config = load_experiment_config(path)
-        assert config.teacher_rank() >= config.lora.r
+def test_a_failed_fit_stops_the_experiment(tmp_path: Path, monkeypatch) -> None:
+    ran: list[str] = []
+    steps = stand_in_steps(ran)
+
+    def fail(layout: Layout) -> None:
+        raise runner.StepFailed("second", 3)
+
+    monkeypatch.setattr(runner, "STEPS", (steps[0], Step("second", steps[1].done, fail), steps[2]))
+    config = ExperimentConfig(output_dir=tmp_path / "out", fit_config=ROOT / "configs/tiny.yaml")
+    with pytest.raises(runner.StepFailed, match=r"step second failed \(exit code 3\)") as failed:
+        run_experiment(config)
+    assert failed.value.code == 3 and ran == ["first"]
