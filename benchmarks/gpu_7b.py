@@ -99,14 +99,14 @@ import torch
 
 from svdlora_pl.callbacks.memory_monitor import current_rss_bytes, peak_rss_bytes
 from svdlora_pl.io import atomic_write_text
-from svdlora_pl.memory import plan as memory_plan
+from svdlora_pl.memory import presets as memory_presets
 from svdlora_pl.spectral import cpu_threads
 from svdlora_pl.training.losses import chunked_cross_entropy, supervised_positions
 
 GIB = float(1 << 30)
 SEED = 0
 PRESETS: dict[str, dict[str, Any]] = {
-    "qwen2.5-7b": {k: v for k, v in memory_plan.PRESETS["qwen2.5-7b"].items() if k != "model_type"},
+    "qwen2.5-7b": {k: v for k, v in memory_presets.PRESETS["qwen2.5-7b"].items() if k != "model_type"},
     "tiny": {  # the same architecture, small enough for a CPU smoke test
         "hidden_size": 64,
         "intermediate_size": 176,
@@ -401,7 +401,7 @@ def make_planner(
     the reason the column is skipped."""
     try:
         from svdlora_pl.lora.settings import LoRASettings
-        from svdlora_pl.memory.plan import LoRASpec, TrainingSetup, count_parameters, plan_memory
+        from svdlora_pl.memory import LoRASpec, TrainingSetup, count_parameters, plan_memory
 
         settings = LoRASettings(r=LORA_RANK)
         spec = LoRASpec(r=settings.r, dropout=settings.dropout, targets=tuple(settings.target_modules))
