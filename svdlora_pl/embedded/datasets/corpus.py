@@ -16,7 +16,6 @@ loss. Regenerate both byte-for-byte with::
 
 from __future__ import annotations
 
-import argparse
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,19 +82,30 @@ def read_paragraphs(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
+def write_corpus(
+    output_dir: Path = Path(__file__).parent, seed: int = 0, n_train: int = DEFAULT_N_TRAIN,
+    n_heldout: int = DEFAULT_N_HELDOUT,
+) -> None:  # fmt: skip
+    """Generate the bundled pretraining corpus of the tiny model and write its train and held-out files.
+
+    Args:
+        output_dir: Directory of the two files (default: the package's own, which this reproduces byte for byte).
+        seed: Seed of the generator.
+        n_train: Training paragraphs.
+        n_heldout: Held-out paragraphs.
+    """
+    train, heldout = generate_corpus(n_train, n_heldout, seed=seed)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_paragraphs(output_dir / TRAIN_FILENAME, train)
+    write_paragraphs(output_dir / HELDOUT_FILENAME, heldout)
+    print(f"wrote {len(train)} train and {len(heldout)} held-out paragraphs to {output_dir}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point: write the train and held-out corpus files."""
-    parser = argparse.ArgumentParser(description="Generate the bundled pretraining corpus of the tiny model.")
-    parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-train", type=int, default=DEFAULT_N_TRAIN)
-    parser.add_argument("--n-heldout", type=int, default=DEFAULT_N_HELDOUT)
-    args = parser.parse_args(argv)
-    train, heldout = generate_corpus(args.n_train, args.n_heldout, seed=args.seed)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    write_paragraphs(args.output_dir / TRAIN_FILENAME, train)
-    write_paragraphs(args.output_dir / HELDOUT_FILENAME, heldout)
-    print(f"wrote {len(train)} train and {len(heldout)} held-out paragraphs to {args.output_dir}")
+    """``python -m svdlora_pl.embedded.datasets.corpus [--output_dir DIR] [--seed N] ...``: :func:`write_corpus`."""
+    from jsonargparse import auto_cli
+
+    auto_cli(write_corpus, args=None if argv is None else list(argv))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Regenerate the committed files byte-for-byte with::
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -408,19 +407,29 @@ def write_jsonl(path: Path, records: Sequence[Record]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records))
 
 
+def write_dataset(
+    output_dir: Path = Path(__file__).parent, seed: int = 0, n_train: int = DEFAULT_N_TRAIN, n_val: int = DEFAULT_N_VAL
+) -> None:
+    """Generate the bundled probability QA dataset and write its train and validation JSONL files.
+
+    Args:
+        output_dir: Directory of the two files (default: the package's own, which this reproduces byte for byte).
+        seed: Seed of the generator.
+        n_train: Training records.
+        n_val: Validation records (disjoint from the training ones).
+    """
+    train, val = generate(n_train, n_val, seed=seed)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(output_dir / TRAIN_FILENAME, train)
+    write_jsonl(output_dir / VAL_FILENAME, val)
+    print(f"wrote {len(train)} train and {len(val)} val records to {output_dir}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point: write the train and val JSONL files."""
-    parser = argparse.ArgumentParser(description="Generate the bundled probability QA dataset.")
-    parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-train", type=int, default=DEFAULT_N_TRAIN)
-    parser.add_argument("--n-val", type=int, default=DEFAULT_N_VAL)
-    args = parser.parse_args(argv)
-    train, val = generate(args.n_train, args.n_val, seed=args.seed)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl(args.output_dir / TRAIN_FILENAME, train)
-    write_jsonl(args.output_dir / VAL_FILENAME, val)
-    print(f"wrote {len(train)} train and {len(val)} val records to {args.output_dir}")
+    """``python -m svdlora_pl.embedded.datasets.probability [--output_dir DIR] ...``: :func:`write_dataset`."""
+    from jsonargparse import auto_cli
+
+    auto_cli(write_dataset, args=None if argv is None else list(argv))
 
 
 if __name__ == "__main__":

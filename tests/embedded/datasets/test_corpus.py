@@ -43,7 +43,7 @@ def _sentences(text: str) -> set[str]:
 
 
 def test_regeneration_matches_committed_files(tmp_path: Path) -> None:
-    corpus.main(["--output-dir", str(tmp_path), "--seed", "0"])
+    corpus.main(["--output_dir", str(tmp_path), "--seed", "0"])
     assert (tmp_path / CORPUS_TRAIN.name).read_bytes() == CORPUS_TRAIN.read_bytes()
     assert (tmp_path / CORPUS_HELDOUT.name).read_bytes() == CORPUS_HELDOUT.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CORPUS_TRAIN.name, CORPUS_HELDOUT.name])

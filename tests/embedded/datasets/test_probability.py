@@ -44,7 +44,7 @@ def _by_topic(records: list[dict[str, str]], topic: str) -> list[dict[str, str]]
 
 
 def test_regeneration_matches_committed_files(tmp_path: Path) -> None:
-    probability.main(["--output-dir", str(tmp_path), "--seed", "0"])
+    probability.main(["--output_dir", str(tmp_path), "--seed", "0"])
     assert (tmp_path / BUNDLED_TRAIN.name).read_bytes() == BUNDLED_TRAIN.read_bytes()
     assert (tmp_path / BUNDLED_VAL.name).read_bytes() == BUNDLED_VAL.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([BUNDLED_TRAIN.name, BUNDLED_VAL.name])
