@@ -217,3 +217,7 @@ def test_partial_dir_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     (partial / "model.safetensors").write_bytes(b"truncated")
     result = tiny_model_dir()
     assert (result / "config.json").is_file()
+    from safetensors.torch import load_file
+
+    weights = load_file(str(result / "model.safetensors"))  # the truncated file was replaced by a whole one
+    assert "model.embed_tokens.weight" in weights and len(weights) > 10
