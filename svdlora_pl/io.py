@@ -110,13 +110,27 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def check_writable(path: str | os.PathLike[str], field: str) -> None:
+    """Refuse a path that cannot be created: some existing ancestor is a file, or the nearest one is not writable.
+
+    ``field`` names the option in the one-line :class:`InputError`. Nothing is created here.
+    """
+    target = Path(path).absolute()
+    for ancestor in [target, *target.parents]:
+        if ancestor.exists():
+            break
+    if ancestor != target and not ancestor.is_dir():
+        raise InputError(f"{field}: {path}: {ancestor} is a file, not a directory")
+    writable = ancestor if ancestor.is_dir() else ancestor.parent
+    if not os.access(writable, os.W_OK | os.X_OK):
+        raise InputError(f"{field}: {path}: {writable} is not writable")
+
+
 def check_output_dir(
     output: Path, inputs: Sequence[str | os.PathLike[str]], overwrite: bool, field: str = "output_dir"
 ) -> None:
-    """Refuse an output directory that would replace an input, is a file, or is non-empty without ``overwrite``.
-
-    ``field`` names the option in the one-line error (``output_dir``).
-    """
+    """Refuse an output directory that would replace an input, is a file, lies under a file, cannot be written, or
+    is non-empty without ``overwrite``. ``field`` names the option in the one-line error (``output_dir``)."""
     target = Path(output).resolve()
     for given in inputs:
         source = Path(given).resolve()
@@ -124,6 +138,7 @@ def check_output_dir(
             raise InputError(f"{field}: {output} would replace the input {given}")
     if target.exists() and not target.is_dir():
         raise InputError(f"{field}: {output} exists and is not a directory")
+    check_writable(output, field)
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise InputError(f"{field}: {output} exists and is not empty (set overwrite to replace it)")
 

@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from svdlora_pl.cli.lightning import FitConfigCLI, fit_values
 from svdlora_pl.errors import InputError
-from svdlora_pl.io import atomic_write_text, json_text
+from svdlora_pl.io import atomic_write_text, check_writable, json_text
 from svdlora_pl.memory.estimate import estimate_memory
 from svdlora_pl.memory.table import format_table, over_budget_message
 
@@ -41,8 +41,7 @@ def check_json_path(path: Path) -> None:
     """Refuse a ``--json`` target that cannot be written (before the plan is computed)."""
     if path.is_dir():
         raise InputError(f"json: {path} is a directory")
-    if not path.parent.is_dir():
-        raise InputError(f"json: {path}: the directory {path.parent} does not exist")
+    check_writable(path, "json")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

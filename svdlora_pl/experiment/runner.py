@@ -40,7 +40,7 @@ from typing import Any, Literal
 from svdlora_pl.errors import InputError
 from svdlora_pl.experiment.comparison_report import FIGURE_NAME, JSON_NAME, REPORT_NAME, csv_name
 from svdlora_pl.experiment.config import ExperimentConfig
-from svdlora_pl.io import atomic_directory
+from svdlora_pl.io import atomic_directory, check_writable
 
 SPECTRUM = "svdlora_pl.callbacks.LoRASpectrumMonitor"
 ALIGNMENT = "svdlora_pl.callbacks.TeacherAlignmentMonitor"
@@ -309,6 +309,9 @@ def run_experiment(config: ExperimentConfig, force: bool = False) -> Layout:
         InputError: A step refused its input.
     """
     layout = Layout(config)
+    if layout.root.exists() and not layout.root.is_dir():
+        raise InputError(f"output_dir: {layout.root} exists and is not a directory")
+    check_writable(layout.root, "output_dir")
     layout.root.mkdir(parents=True, exist_ok=True)
     stale = force
     for step in STEPS:

@@ -268,7 +268,7 @@ def test_print_config_then_config_gives_the_same_result(tmp_path, capsys):
         ("data:\n  max_length: 256\n", ("--budget_gb", "lots"), "budget_gb"),
         ("data:\n  max_length: 256\n", ("--no_such_option", "1"), "no_such_option"),
         ("data:\n  max_length: 256\n", ("--json", "{dir}"), "json: {dir} is a directory"),
-        ("data:\n  max_length: 256\n", ("--json", "{dir}/no/plan.json"), "the directory {dir}/no does not exist"),
+        ("data:\n  max_length: 256\n", ("--json", "{dir}/config.yaml/plan.json"), "{dir}/config.yaml is a file"),
     ],
 )
 def test_bad_input_exits_2_in_one_line(tmp_path, capsys, content, args, message):
