@@ -4,11 +4,15 @@ without running or building anything."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -17,12 +21,59 @@ FIT_SECTIONS = ("seed_everything", "trainer", "model", "data")
 
 
 class SvdloraCLI(LightningCLI):
-    """LightningCLI whose data module follows the model's tokenizer (one name in the config, not two)."""
+    """LightningCLI whose data module follows the model's tokenizer (one name in the config, not two).
+
+    Two departures from LightningCLI, both for user errors: with ``--ckpt_path`` the config decides every option
+    and the checkpoint only supplies the trained tensors (LightningCLI would let the checkpoint's saved arguments
+    replace the config's; :func:`svdlora_pl.training.checkpoint.check_matches` refuses a checkpoint whose tensors
+    do not fit the configured model instead); and a run that fails on bad input removes the log directory it
+    created (config.yaml, event files), so a failed command leaves nothing behind.
+    """
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.model_name_or_path", "data.tokenizer")
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
+
+    @override
+    def _parse_ckpt_path(self) -> None:
+        """Check ``ckpt_path`` (readable, weights-only, matching the model) without taking options from it."""
+        from svdlora_pl.training.checkpoint import LIGHTNING_NAMES, check_matches, read_checkpoint
+
+        subcommand = self.config.get("subcommand")
+        section = self.config[subcommand] if subcommand else self.config
+        path = section.get("ckpt_path")
+        if path and path not in LIGHTNING_NAMES:
+            check_matches(read_checkpoint(path), section.model.as_dict(), str(path))
+
+    @override
+    def _run_subcommand(self, subcommand: str) -> None:
+        from svdlora_pl.errors import InputError
+        from svdlora_pl.io import check_writable
+
+        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir).absolute()
+        if rank_zero_only.rank != 0:  # only rank zero writes logs
+            super()._run_subcommand(subcommand)
+            return
+        check_writable(log_dir, "trainer.default_root_dir")
+        existing = next(path for path in (log_dir, *log_dir.parents) if path.exists())
+        try:
+            super()._run_subcommand(subcommand)
+        except InputError:
+            remove_created(log_dir, existing)
+            raise
+
+
+def remove_created(path: Path, existing: Path) -> None:
+    """Remove ``path`` and its parents up to ``existing`` (the ancestor that existed before): what a run created."""
+    if path == existing:
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    for parent in path.parents:
+        if parent == existing or not parent.is_relative_to(existing):
+            break
+        with contextlib.suppress(OSError):
+            parent.rmdir()  # only if empty
 
 
 def parser_kwargs() -> dict[str, Any]:
@@ -32,17 +83,23 @@ def parser_kwargs() -> dict[str, Any]:
 
 def run_lightning(args: Sequence[str] | None) -> None:
     """Parse ``args`` (``None``: ``sys.argv``) and run the LightningCLI subcommand they name."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from svdlora_pl.errors import Preempted
     from svdlora_pl.training.datamodule import QADataModule
     from svdlora_pl.training.module import QwenLoRAModule
 
-    SvdloraCLI(
-        QwenLoRAModule,
-        QADataModule,
-        args=None if args is None else list(args),
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs=parser_kwargs(),
-    )
+    try:
+        SvdloraCLI(
+            QwenLoRAModule,
+            QADataModule,
+            args=None if args is None else list(args),
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs=parser_kwargs(),
+        )
+    except SIGTERMException:  # Lightning's own stop (a SystemExit with status 0), before PreemptionCheckpoint was on
+        raise Preempted(None, 0) from None
 
 
 class FitConfigCLI(SvdloraCLI):
