@@ -5,9 +5,12 @@
   ``ValueError`` it is.
 - :class:`TrainingDiverged`: a numerical failure during training (non-finite LoRA factors, say): not the user's
   input, so it is not reported as one; its message names the step and the layer.
+- :class:`Preempted`: a fit stopped on SIGTERM after saving a checkpoint; ``svdlora`` exits with code 143.
 """
 
 from __future__ import annotations
+
+import os
 
 
 class InputError(ValueError):
@@ -28,3 +31,22 @@ class TrainingDiverged(ArithmeticError):
         super().__init__(f"training diverged at step {step}{where}: {message}")
         self.step = step
         self.layer = layer
+
+
+class Preempted(Exception):
+    """A fit stopped on SIGTERM, after saving a checkpoint of its last optimizer step (see ``PreemptionCheckpoint``)
+    or before its first one (nothing to resume).
+
+    Args:
+        checkpoint: The checkpoint to resume from (``--ckpt_path``), or None.
+        step: The optimizer step it holds.
+    """
+
+    def __init__(self, checkpoint: os.PathLike[str] | str | None, step: int) -> None:
+        if checkpoint is None:
+            message = f"stopped by SIGTERM at step {step}, before a checkpoint was saved"
+        else:
+            message = f"stopped by SIGTERM after step {step}; resume with --ckpt_path {checkpoint}"
+        super().__init__(message)
+        self.checkpoint = checkpoint
+        self.step = step

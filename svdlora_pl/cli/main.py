@@ -14,9 +14,11 @@ from collections.abc import Sequence
 
 from jsonargparse import ArgumentError
 
-from svdlora_pl.errors import InputError, TrainingDiverged
+from svdlora_pl.errors import InputError, Preempted, TrainingDiverged
 
 EXIT_USAGE = 2
+EXIT_SIGTERM = 143
+"""128 + SIGTERM: a run stopped by the signal (after saving a checkpoint), not a finished one."""
 
 TOOLS: dict[str, str] = {
     "aggregate": "svdlora_pl.cli.aggregate",
@@ -63,4 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as problem:  # a numerical failure, not the user's input: exit 1, no traceback
         print(f"svdlora: {one_line(problem)}", file=sys.stderr)
         return 1
+    except Preempted as stop:
+        print(f"svdlora: {stop}", file=sys.stderr)
+        return EXIT_SIGTERM
     return 0

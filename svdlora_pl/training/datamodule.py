@@ -18,7 +18,7 @@ from svdlora_pl.embedded.tiny import TINY_MODEL
 from svdlora_pl.errors import InputError
 from svdlora_pl.training.loading import load_tokenizer
 from svdlora_pl.training.records import Fields, QARecord, read_records
-from svdlora_pl.training.sampling import EpochShuffleSampler
+from svdlora_pl.training.sampling import EpochShuffleSampler, ResumableDataLoader
 from svdlora_pl.training.tokenization import QACollator, QADataset, SplitStats, tokenize_records
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,8 @@ class QADataModule(LightningDataModule):
             raise InputError(f"data.overlong: must be 'truncate' or 'drop', got {overlong!r}")
         files = {"train_file": train_file, "val_file": val_file, "test_file": test_file, "predict_file": predict_file}
         for name, path in files.items():  # fail fast, before a large model is loaded
+            if path is not None and Path(path).is_dir():
+                raise InputError(f"{path}: is a directory, not a .json or .jsonl file (data.{name})")
             if path is not None and not Path(path).is_file():
                 raise InputError(f"{path}: file not found (data.{name})")
         self.save_hyperparameters()
@@ -134,6 +136,8 @@ class QADataModule(LightningDataModule):
         self.stats: dict[str, SplitStats] = {}
         """Per split (``train``, ``val``, ``test``, ``predict``), what tokenization kept, truncated and dropped."""
         self._tokenizer: Any = None
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_state: dict[str, int] | None = None
         self._records: dict[str, list[QARecord] | None] = {}
         self._datasets: dict[str, QADataset | None] = {}
 
@@ -155,12 +159,36 @@ class QADataModule(LightningDataModule):
             self.dataset(split)
 
     def dataset(self, split: str) -> QADataset | None:
-        """The tokenized dataset of ``split`` (``train``, ``val``, ``test``, ``predict``); None if it has none."""
+        """The tokenized dataset of ``split`` (``train``, ``val``, ``test``, ``predict``); None if it has none.
+
+        A problem with the records is an InputError naming the file, the record and the ``data.*`` field that
+        pointed at the file.
+        """
+        try:
+            return self._dataset(split)
+        except InputError as error:
+            field = self._source_field(split)
+            if field is None or f"({field})" in str(error):
+                raise
+            raise InputError(f"{error} ({field})") from None
+
+    def _source_field(self, split: str) -> str | None:
+        """The ``data.*`` field naming the file ``split`` is read from; None for the bundled data."""
+        if split == "train":
+            return "data.train_file" if self.train_file else None
+        if split == "val":
+            if self.val_file:
+                return "data.val_file"
+            return "data.train_file" if self.val_fraction > 0 and self.train_file else None
+        given = self.test_file if split == "test" else self.predict_file
+        return f"data.{split}_file" if given else self._source_field("val")
+
+    def _dataset(self, split: str) -> QADataset | None:
         if split not in self._datasets:
             records = self._split_records(split)
             dataset = None
             if split in ("test", "predict") and records is not None and records is self._records.get("val"):
-                dataset = self.dataset("val")  # the validation set, tokenized once
+                dataset = self._dataset("val")  # the validation set, tokenized once
                 self.stats[split] = self.stats["val"]
             elif records is not None:
                 source = records[0].source
@@ -204,13 +232,31 @@ class QADataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._require("train")
-        return DataLoader(
+        loader = ResumableDataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=EpochShuffleSampler(len(dataset), self.seed, *self._replicas()),
             collate_fn=QACollator(self.tokenizer.pad_token_id, with_prompts=False),
             **self._loader_kwargs(),
         )
+        if self._train_state is not None:
+            loader.load_state_dict(self._train_state)
+            self._train_state = None
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position, kept in checkpoints (see :class:`ResumableDataLoader`)."""
+        return {} if self._train_loader is None else {"train_loader": self._train_loader.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the training order where a checkpoint's run stopped.
+
+        Lightning restores a data module before ``configure_optimizers`` may build the training loader (through
+        ``trainer.estimated_stepping_batches``), which is earlier than it restores the loader's own state; so the
+        position goes through here.
+        """
+        self._train_state = state_dict.get("train_loader")
 
     def _replicas(self) -> tuple[int, int]:
         """(number of processes, this process's rank) of the attached trainer; (1, 0) without one."""

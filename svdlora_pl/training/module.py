@@ -10,6 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from jsonargparse import lazy_instance
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import move_data_to_device
 from typing_extensions import override
@@ -25,6 +26,7 @@ from svdlora_pl.training.answers import answers_match, extract_final_answer
 from svdlora_pl.training.loading import DType, load_causal_lm, load_tokenizer
 from svdlora_pl.training.losses import chunked_cross_entropy, supervised_positions
 from svdlora_pl.training.metrics import EvalMetrics
+from svdlora_pl.training.optimizers import build_optimizer
 from svdlora_pl.training.sampling import rank_shard
 
 
@@ -228,9 +230,16 @@ class QwenLoRAModule(pl.LightningModule):
         self.log("train/lr", float(optimizer.param_groups[0]["lr"]), on_step=True)
 
     @override
+    def configure_callbacks(self) -> list[Callback]:
+        """A SIGTERM stops the fit at a step boundary with a checkpoint to resume from (``PreemptionCheckpoint``)."""
+        from svdlora_pl.callbacks.preemption import PreemptionCheckpoint
+
+        return [PreemptionCheckpoint()]
+
+    @override
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        optimizer = build_optimizer(self.optimizer_factory, params)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(round(self.hparams.warmup_ratio * total))
         scheduler = warmup_schedule(optimizer, warmup, total, self.hparams.lr_schedule, self.hparams.min_lr_ratio)

@@ -120,6 +120,20 @@ def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(tmp_path):
         torch.testing.assert_close(resumed.state_dict()[name], full.state_dict()[name])
 
 
+def test_resume_from_mid_epoch_checkpoint_sees_the_rest_of_the_epoch(tmp_path):
+    def run(root: Path, ckpt_path: str | None = None) -> list[tuple[int, float]]:
+        pl.seed_everything(0)
+        saver = ModelCheckpoint(dirpath=root / "ckpt", save_top_k=-1, every_n_train_steps=4)
+        trainer = make_trainer(root, max_epochs=2, limit_train_batches=6, limit_val_batches=1, callbacks=[saver])
+        trainer.fit(make_module(), QADataModule(batch_size=4), ckpt_path=ckpt_path)
+        return read_scalars(Path(trainer.log_dir))["train/loss"]
+
+    full = run(tmp_path / "full")
+    mid_epoch = next((tmp_path / "full" / "ckpt").glob("epoch=0-step=4.ckpt"))  # 4 of the epoch's 6 batches done
+    resumed = run(tmp_path / "resumed", str(mid_epoch))
+    assert resumed == full[4:]  # the epoch's last 2 batches, then epoch 1: the same losses, bit for bit
+
+
 def test_model_loads_from_a_local_directory_like_a_hub_model(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
