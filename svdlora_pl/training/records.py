@@ -163,6 +163,7 @@ def _text(record: QARecord, obj: dict, key: str, name: str, missing: str | None 
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), f"a {type(value).__name__}"
+    name = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): None}.get(
+        type(value), type(value).__name__
     )
+    return "null" if name is None else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"

@@ -118,13 +118,25 @@ def tokenize_records(
 ) -> tuple[QADataset, SplitStats]:
     """Tokenize records into samples and apply the length policy (see :class:`~svdlora_pl.training.datamodule.QADataModule`).
 
-    With ``for_generation`` a truncated sample is also dropped when its last prompt does not fit whole.
+    With ``for_generation`` a truncated sample is also dropped when its last prompt does not fit whole. The work per
+    record is bounded: a record whose messages hold more than :func:`character_bound` characters cannot fit in
+    ``max_length`` tokens, so it is dropped before rendering, or (``truncate``) its text is cut at twice that bound
+    before tokenizing (its first ``max_length`` tokens lie far before the cut).
     """
-    all_segments = [render_segments(tokenizer, r.messages, f"{r.source}: {r.where}") for r in records]
+    bound = character_bound(tokenizer, max_length)
+    kept, dropped = [], 0
+    for record in records:
+        if sum(len(m["content"]) for m in record.messages) <= bound:
+            kept.append((record, record.messages))
+        elif overlong == "truncate":
+            kept.append((record, cut_messages(record.messages, 2 * bound)))
+        else:
+            dropped += 1
+    all_segments = [render_segments(tokenizer, messages, f"{r.source}: {r.where}") for r, messages in kept]
     flat = [text for segments in all_segments for text, _ in segments]
     flat_ids = iter(tokenizer(flat, add_special_tokens=False)["input_ids"]) if flat else iter(())
-    samples, truncated, dropped = [], 0, 0
-    for record, segments in zip(records, all_segments, strict=True):
+    samples, truncated = [], 0
+    for (record, _), segments in zip(kept, all_segments, strict=True):
         ids: list[int] = []
         labels: list[int] = []
         prompt_length = 0
@@ -152,6 +164,25 @@ def tokenize_records(
             f"(data.max_length={max_length}, data.overlong={overlong!r})"
         )
     return QADataset(samples), stats
+
+
+def character_bound(tokenizer: Any, max_length: int) -> int:
+    """Characters beyond which a text has more than ``max_length`` tokens, whatever it says.
+
+    A token covers at most L characters, L the longest token string of the vocabulary (byte-level BPE: a character
+    is at least one byte), so a text of more than ``max_length``·L characters has more than ``max_length`` tokens.
+    """
+    longest = max((len(token) for token in tokenizer.get_vocab()), default=1)
+    return max_length * max(1, longest)
+
+
+def cut_messages(messages: Sequence[dict[str, str]], characters: int) -> list[dict[str, str]]:
+    """The messages with their contents cut to ``characters`` in all, in order (later ones left empty)."""
+    cut, left = [], characters
+    for message in messages:
+        cut.append({**message, "content": message["content"][: max(left, 0)]})
+        left -= len(message["content"])
+    return cut
 
 
 class QACollator:
