@@ -169,3 +169,65 @@ def setup_split(path: Path, split: str = "train", **kwargs) -> QADataModule:
     dm = QADataModule(**{key: str(path)}, **kwargs)
     dm.dataset(split)
     return dm
+
+
+# ------------------------------------------------------------------------------------------ training batches
+def training_batches(module, batch_size: int = 8, dtype: torch.dtype | None = None):
+    """:class:`TrainingBatches` of a configured ``QwenLoRAModule`` over the bundled training set (epoch 0's order),
+    outside a Trainer: the batches of one process, its loss, no reduction."""
+    from svdlora_pl.lora.gradients import TrainingBatches
+
+    data = QADataModule(batch_size=batch_size)
+    data.setup("fit")
+    loader = data.train_dataloader()
+
+    def batches(count: int):
+        for index, batch in enumerate(loader):
+            if index == count:
+                return
+            yield batch
+
+    return TrainingBatches(
+        batches=batches, loss=module.loss, mean=lambda tensor: tensor,
+        input_embeddings=module.hf_model().get_input_embeddings(),
+    )  # fmt: skip
+
+
+def zero_update_module(dtype: str = "float32", r: int = 8):
+    """A configured tiny ``QwenLoRAModule`` (seeded) whose LoRA update is zero: gradients at the base weights."""
+    from svdlora_pl.lora.layers import find_lora_layers
+    from svdlora_pl.lora.settings import LoRASettings
+    from svdlora_pl.training.module import QwenLoRAModule
+
+    torch.manual_seed(0)
+    built = QwenLoRAModule(dtype=dtype, lora=LoRASettings(r=r, alpha=2.0 * r, dropout=0.0))
+    built.configure_model()
+    with torch.no_grad():
+        for ref in find_lora_layers(built.model):
+            ref.B.zero_()
+    return built
+
+
+def sketch_rank(rank: int, world: int, store: str, out: str) -> None:
+    """One process of a 2-process gloo run: half the batches each, sketches averaged, factors broadcast."""
+    import torch.distributed as dist
+
+    from svdlora_pl.lora.gradients import TrainingBatches, gradient_svds
+    from svdlora_pl.training.initialization import broadcast_from_rank_zero
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        built = zero_update_module()
+        every = training_batches(built)
+        mine = TrainingBatches(
+            batches=lambda n: (b for i, b in enumerate(every.batches(world * n)) if i % world == rank),
+            loss=built.loss,
+            mean=lambda t: (dist.all_reduce(t), t / world)[1],
+            input_embeddings=every.input_embeddings,
+            broadcast=broadcast_from_rank_zero,
+        )
+        estimate = gradient_svds(built.model, "default", mine, rank=4, num_batches=4 // world)
+        torch.save({name: broadcast_from_rank_zero(svd.U) for name, svd in estimate.svds.items()}, f"{out}.{rank}")
+        torch.save({name: svd.S for name, svd in estimate.svds.items()}, f"{out}.S.{rank}")
+    finally:
+        dist.destroy_process_group()

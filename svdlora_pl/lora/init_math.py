@@ -78,3 +78,41 @@ def residual_weight(W: Tensor, B: Tensor, A: Tensor, scaling: float) -> Tensor:
     """
     update = scaling * (B.detach().float() @ A.detach().float())
     return (W.detach().float() - update).to(W.dtype)
+
+
+def lora_one_factors(gradient: FactoredSVD, rank: int, stable_gamma: float) -> tuple[Tensor, Tensor]:
+    """LoRA-One's factors (Zhang, Liu & Chen, ICML 2025, arXiv 2502.01235) from the SVD of the loss gradient G.
+
+    With −G = U·diag(σ)·Vᵀ (the gradient's SVD with U negated) and m the layer's output size::
+
+        B = U_r·diag(√σ_r) · m^¼ / √(σ₁·γ),   A = diag(√σ_r)·V_rᵀ · m^¼ / √(σ₁·γ)
+
+    so B·A = (√m / (γ·σ₁))·(−G)_r: one gradient-descent step in the top-r subspace of the full fine-tuning gradient,
+    normalized by its largest singular value (the paper's normalized one-step spectral initialization, with its code's
+    "stable" scale m^¼/√γ). The frozen W is unchanged: the model starts one step into fine-tuning.
+    """
+    r = min(rank, gradient.S.numel())
+    top = float(gradient.S[0]) if r else 0.0
+    if top == 0.0:  # a zero gradient: no direction to start in
+        m, n = gradient.U.shape[0], gradient.V.shape[0]
+        return gradient.U.new_zeros(m, r), gradient.V.new_zeros(r, n)
+    root = gradient.S[:r].sqrt() * (gradient.U.shape[0] ** 0.25 / (top * stable_gamma) ** 0.5)
+    return (-gradient.U[:, :r] * root).contiguous(), (root[:, None] * gradient.V[:, :r].mT).contiguous()
+
+
+def lora_ga_factors(gradient: FactoredSVD, rank: int, stable_gamma: float) -> tuple[Tensor, Tensor]:
+    """LoRA-GA's factors (Wang, Yu & Li, NeurIPS 2024, arXiv 2407.05000) as PEFT's ``lora_ga`` defaults make them.
+
+    With G = U·diag(σ)·Vᵀ (2r triplets needed) and m the layer's output size, the "ArB2r" direction and "stable"
+    scale::
+
+        A = V_[:r]ᵀ,   B = U_[r:2r]·diag(σ_[r:2r]) · m^¼ / √γ
+
+    Used with a residual base W ← W − scaling·B·A (the caller subtracts it), so the output is unchanged at step 0 and
+    the first steps move B·A along the gradient's leading directions.
+    """
+    if gradient.S.numel() < 2 * rank:
+        raise ValueError(f"LoRA-GA needs {2 * rank} singular triplets of the gradient, got {gradient.S.numel()}")
+    A = gradient.V[:, :rank].mT
+    B = gradient.U[:, rank : 2 * rank] * (gradient.S[rank : 2 * rank] * gradient.U.shape[0] ** 0.25 / stable_gamma**0.5)
+    return B.contiguous(), A.contiguous()

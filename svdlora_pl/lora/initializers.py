@@ -9,9 +9,11 @@ An initializer is selected on :class:`svdlora_pl.model.QwenLoRAModule` by ``clas
           distribution: gaussian
 
 Writing a new one means writing one subclass of :class:`LoRAInitializer`: it may pick PEFT's own
-``init_lora_weights`` value (:meth:`LoRAInitializer.peft_init`), and it may rewrite the factors (and, for
-residual schemes, the frozen base weights) once the LoRA layers exist (:meth:`LoRAInitializer.initialize`).
-The math lives in :mod:`svdlora_pl.lora.init_math` as pure functions.
+``init_lora_weights`` value (:meth:`LoRAInitializer.peft_init`), it may rewrite the factors (and, for
+residual schemes, the frozen base weights) once the LoRA layers exist (:meth:`LoRAInitializer.initialize`), and a
+data-driven one sets them from the fit's first training batches (:meth:`LoRAInitializer.initialize_with_data`,
+e.g. :class:`~svdlora_pl.lora.gradient_init.GradientSVDInit`). The math lives in :mod:`svdlora_pl.lora.init_math`
+as pure functions.
 
 Residual schemes (``PiSSAInit``, ``MiLoRAInit``, ``SVDTeacherInit(mode="residual")``, ``PeftInit("pissa" |
 "olora")``) replace the frozen W by W − scaling·B₀·A₀, so the model's output is unchanged at step 0. Their trained
@@ -26,12 +28,15 @@ Lightning's DDP also broadcasts rank zero's parameters, frozen ones included, wh
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from svdlora_pl.errors import InputError
 from svdlora_pl.lora.init_math import Components
+
+if TYPE_CHECKING:
+    from svdlora_pl.lora.gradients import TrainingBatches
 
 
 class LoRAInitializer:
@@ -48,6 +53,26 @@ class LoRAInitializer:
 
     def initialize(self, model: torch.nn.Module, adapter_name: str) -> None:
         """Rewrite factors of ``model`` (a ``peft.PeftModel``) after creation; the default keeps PEFT's values."""
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether the initializer reads training batches (:meth:`initialize_with_data`)."""
+        return False
+
+    def initialize_with_data(
+        self, model: torch.nn.Module, adapter_name: str, data: TrainingBatches
+    ) -> dict[str, float]:
+        """Set the factors from the fit's own training batches; the hook of data-driven initializers.
+
+        ``QwenLoRAModule`` calls it once, at the start of a fresh fit (not on resume), after :meth:`initialize` and
+        before the step-0 validation and the first optimizer step, on every process, on the fit's device and under its
+        precision. ``data`` (:class:`~svdlora_pl.lora.gradients.TrainingBatches`) gives the first batches of the
+        fit's training loader, its loss, and a mean over processes: a distributed run must leave identical factors on
+        every rank. A residual scheme also rewrites the frozen weights here (``modifies_base``); the module then
+        keeps the starting factors in its checkpoints so a resumed run rebuilds the same base. Returns what the
+        initialization cost (logged under ``init/``).
+        """
+        raise NotImplementedError(f"{type(self).__name__} reads no data")
 
     def spec(self) -> dict[str, Any]:
         """``{"class_path", "init_args"}``: the ``class_path`` form that rebuilds this initializer."""
@@ -132,7 +157,7 @@ class PeftInit(LoRAInitializer):
         return self.name
 
 
-def _set_factors(ref: Any, B: torch.Tensor, A: torch.Tensor) -> None:
+def set_factors(ref: Any, B: torch.Tensor, A: torch.Tensor) -> None:
     """Write B (out×k) and A (k×in) into the first k directions of ``ref``; directions k.. get B = 0 and keep A."""
     k = B.shape[1]
     ref.B[:, :k].copy_(B)
@@ -140,7 +165,7 @@ def _set_factors(ref: Any, B: torch.Tensor, A: torch.Tensor) -> None:
     ref.A[:k].copy_(A)  # rows k.. keep PEFT's random init, so every direction still receives gradient
 
 
-def _subtract_from_base(ref: Any) -> None:
+def subtract_from_base(ref: Any) -> None:
     """Replace the frozen W of ``ref`` by W − scaling·B·A (float32 arithmetic, W's dtype kept)."""
     from svdlora_pl.lora.init_math import residual_weight
 
@@ -169,8 +194,8 @@ class _WeightComponentsInit(LoRAInitializer):
                 B, A = weight_components(
                     W, ref.A.shape[0], ref.scaling, self.components, niter=self.niter, seed=self.seed
                 )
-                _set_factors(ref, B, A)
-                _subtract_from_base(ref)
+                set_factors(ref, B, A)
+                subtract_from_base(ref)
 
 
 class PiSSAInit(_WeightComponentsInit):
@@ -247,6 +272,6 @@ class SVDTeacherInit(LoRAInitializer):
         with torch.no_grad():
             for ref in layers:
                 B, A, _ = warm_start_factors(*teacher[ref.name], ref.A.shape[0], ref.scaling)
-                _set_factors(ref, B, A)
+                set_factors(ref, B, A)
                 if self.modifies_base:
-                    _subtract_from_base(ref)
+                    subtract_from_base(ref)

@@ -25,7 +25,8 @@ from typing import Any
 
 from svdlora_pl.errors import InputError
 from svdlora_pl.memory.architecture import count_parameters
-from svdlora_pl.memory.fit_setup import read_fit_config, statements, training_setup
+from svdlora_pl.memory.fit_setup import read_fit_config, resolved, statements, training_setup
+from svdlora_pl.memory.initialization import gradient_init_of, plan_gradient_init
 from svdlora_pl.memory.plan import largest_fitting, plan_memory
 from svdlora_pl.memory.presets import resolve_architecture
 from svdlora_pl.memory.table import GB
@@ -43,7 +44,8 @@ def estimate_memory(
 
     Nothing is downloaded or allocated: base weights, LoRA parameters, gradients, optimizer states, activations
     with and without gradient checkpointing, logits, CUDA overhead and the total, with the largest micro-batch and
-    ``max_length`` that fit.
+    ``max_length`` that fit; with a ``GradientSVDInit`` initializer also its initialization phase
+    (:mod:`svdlora_pl.memory.initialization`), which must fit too.
 
     Args:
         config: The resolved ``svdlora fit`` config: its ``model``, ``data`` and ``trainer`` values as
@@ -53,7 +55,8 @@ def estimate_memory(
             directory holding one, or a preset (qwen2.5-7b, qwen2.5-math-7b, svdlora:tiny-qwen2).
 
     Returns:
-        The report: ``plan`` (:class:`~svdlora_pl.memory.plan.MemoryPlan` as a dict), ``fits``, ``setup``,
+        The report: ``plan`` (:class:`~svdlora_pl.memory.plan.MemoryPlan` as a dict), ``init_phase``
+        (:class:`~svdlora_pl.memory.initialization.InitPhasePlan` as a dict, or None), ``fits``, ``setup``,
         ``architecture``, ``parameters``, ``largest_micro_batch``, ``largest_max_length``, ``notes``, ...;
         :func:`svdlora_pl.memory.table.format_table` prints it.
 
@@ -73,6 +76,8 @@ def estimate_memory(
     arch, counts = count_parameters(hf_config, setup.lora)
     plan = plan_memory(arch, counts, setup)
     budget = budget_gb * GB
+    init = gradient_init_of(resolved(config, "model.initializer")) if setup.lora is not None else None
+    init_phase = plan_gradient_init(arch, counts, setup, plan, init) if init is not None else None
     return {
         "model": settings.model_name_or_path,
         "architecture_source": source,
@@ -85,8 +90,9 @@ def estimate_memory(
             "accumulate_grad_batches": settings.accumulate,
         },
         "plan": dataclasses.asdict(plan),
+        "init_phase": None if init_phase is None else dataclasses.asdict(init_phase),
         "budget_bytes": budget,
-        "fits": plan.fits(budget),
+        "fits": plan.fits(budget) and (init_phase is None or init_phase.total <= budget),
         "largest_micro_batch": largest_fitting(arch, counts, setup, budget, "micro_batch", 1 << 16),
         "largest_max_length": largest_fitting(arch, counts, setup, budget, "seq_len", arch.max_positions),
         "notes": statements(setup, settings),

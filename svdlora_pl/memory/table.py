@@ -60,7 +60,7 @@ def format_table(report: dict[str, Any]) -> str:
     else:
         rows.append(("backward workspace", plan.backward_workspace, "gradients of one layer"))
     budget = report["budget_bytes"]
-    verdict = "fits" if report["fits"] else "does NOT fit"
+    verdict = "fits" if plan.fits(budget) else "does NOT fit"
     other = device_total(plan.peak_full if ckpt else plan.peak_checkpointed, setup["accelerator"])
     rows += [
         ("allocated peak", plan.peak, "static + activations + max(logits peak, layer backward)"),
@@ -68,6 +68,16 @@ def format_table(report: dict[str, Any]) -> str:
         ("total", plan.total, f"{verdict} in {budget / GB:.2f} GB ({(budget - plan.total) / GB:+.2f} GB)"),
         (f"total {'without' if ckpt else 'with'} checkpointing", other, "for comparison"),
     ]
+    init = report.get("init_phase")
+    if init is not None:
+        verdict = "fits" if init["total"] <= budget else "does NOT fit"
+        what = "dense float32 gradient per module" if init["estimator"] == "exact" else "sketches, k·(out+in) + s²"
+        rows += [
+            (f"init (GradientSVDInit, {init['estimator']}): accumulators", init["accumulators"], what),
+            ("  test matrices, shared", init["test_matrices"], "one set per module shape"),
+            ("  layer inputs held to backward", init["held_inputs"], "checkpointing drops them otherwise"),
+            ("  init total", init["total"], f"weights + LoRA + activations + the above; {verdict}"),
+        ]
     targets = f"LoRA r={lora['r']} on {', '.join(lora['targets'])}, dropout {lora['dropout']}" if lora else "full"
     lines = [
         f"svdlora estimate-memory: {' + '.join(report.get('config') or ['a resolved config'])}",
@@ -96,7 +106,18 @@ def format_table(report: dict[str, Any]) -> str:
 
 def over_budget_message(report: dict[str, Any]) -> str:
     """One line for a plan over its budget: what it needs, of what, and the largest sizes that fit."""
-    plan, setup = MemoryPlan(**report["plan"]), report["setup"]
+    plan, setup, init = MemoryPlan(**report["plan"]), report["setup"], report.get("init_phase")
+    if plan.fits(report["budget_bytes"]) and init is not None:  # the training step fits, its initialization not
+        return (
+            f"budget_gb: the initialization (GradientSVDInit, estimator {init['estimator']}) needs "
+            f"{init['total'] / GB:.2f} GB, over the {report['budget_bytes'] / GB:g} GB budget (accumulators "
+            f"{init['accumulators'] / GB:.2f} GB); the training step itself needs {plan.total / GB:.2f} GB"
+            + (
+                "; model.initializer.init_args.estimator: sketch holds the gradient in O((out + in)·k)"
+                if init["estimator"] == "exact"
+                else ""
+            )
+        )
     return (
         f"budget_gb: the config needs {plan.total / GB:.2f} GB, over the {report['budget_bytes'] / GB:g} GB budget "
         f"(weights, gradients and optimizer states {plan.static / GB:.2f} GB, activations "

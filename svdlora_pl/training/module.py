@@ -23,6 +23,7 @@ from svdlora_pl.lora.residual import InitialFactors, save_base_relative_adapter,
 from svdlora_pl.lora.settings import ADAPTER_NAME, LoRASettings, wrap_with_lora
 from svdlora_pl.schedules import ScheduleKind, warmup_schedule
 from svdlora_pl.training.answers import answers_match, extract_final_answer
+from svdlora_pl.training.initialization import initialize_from_data, restore_initial_factors, save_initial_factors
 from svdlora_pl.training.loading import DType, load_causal_lm, load_tokenizer
 from svdlora_pl.training.losses import chunked_cross_entropy, supervised_positions
 from svdlora_pl.training.metrics import EvalMetrics
@@ -152,8 +153,8 @@ class QwenLoRAModule(pl.LightningModule):
         if hp.compile:
             for layer in base.get_decoder().layers:
                 layer.compile()
-        if self.lora_settings is not None and self.initializer.modifies_base:
-            self.initial_factors = snapshot_factors(self.model, ADAPTER_NAME)
+        if self.lora_settings is not None and self.initializer.modifies_base and not self.initializer.needs_data:
+            self.initial_factors = snapshot_factors(self.model, ADAPTER_NAME)  # a data-driven one: at fit start
 
     # ----------------------------------------------------------------------------------------------- training
     @override
@@ -163,7 +164,11 @@ class QwenLoRAModule(pl.LightningModule):
 
     @override
     def on_train_start(self) -> None:
-        if self.hparams.initial_eval and self.trainer.global_step == 0:
+        if self.trainer.global_step > 0:  # resumed: the checkpoint holds the factors (and a residual's start)
+            return
+        if self.lora_settings is not None and self.initializer.needs_data:
+            initialize_from_data(self)
+        if self.hparams.initial_eval:
             self.log_initial_eval()
 
     def log_initial_eval(self) -> None:
@@ -370,6 +375,7 @@ class QwenLoRAModule(pl.LightningModule):
         checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["rng_states"]["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+        save_initial_factors(self, checkpoint)
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -382,6 +388,7 @@ class QwenLoRAModule(pl.LightningModule):
         for key, value in checkpoint["state_dict"].items():
             if not torch.isfinite(value).all():
                 raise InputError(f"checkpoint state_dict: {key} holds NaN or infinite values")
+        restore_initial_factors(self, checkpoint)
         states = checkpoint.get("rng_states", {})
         if "torch" in states:
             torch.set_rng_state(states["torch"])
