@@ -108,4 +108,6 @@ class GradientSVDInit(LoRAInitializer):
             "forward_backward_passes": float(estimate.forward_backward),
             "seconds": estimate.seconds,
             "accumulator_gb": estimate.accumulator_bytes / 1e9,
+            "layers_sketched": float(estimate.layers_sketched),
+            "layers": float(len(layers)),
         }

@@ -12,8 +12,9 @@ Estimators:
   reference, and PEFT's LoRA-GA memory (a weight-sized gradient per layer).
 - ``sketch``: :class:`svdlora_pl.spectral.sketch.GradientSketch` per layer, O((out + in)·k) memory, one pass by
   default (more passes add power iterations, one forward and backward over the batches each). A layer whose dense
-  gradient is no larger than its sketch (a small model's attention projections) is held whole and decomposed
-  exactly: there the dense product is also the cheaper one.
+  gradient needs no more memory or no more arithmetic per token than its sketch
+  (:func:`svdlora_pl.spectral.sketch.holds_dense`: every layer of the tiny model, none of Qwen2.5-7B) is held whole
+  and decomposed exactly.
 
 The result is the mean gradient over ``num_batches`` batches of every process (sketches or gradients are averaged
 over the processes of a distributed run, so every rank gets the same factors). Under gradient checkpointing the
@@ -32,7 +33,7 @@ from torch import Tensor
 
 from svdlora_pl.lora.layers import LoRALayerRef, find_lora_layers
 from svdlora_pl.spectral import FactoredSVD
-from svdlora_pl.spectral.sketch import DenseGradient, GradientSketch, TestMatrices
+from svdlora_pl.spectral.sketch import DenseGradient, GradientSketch, TestMatrices, holds_dense
 
 Estimator = Literal["exact", "sketch"]
 
@@ -68,12 +69,14 @@ class GradientEstimate:
         forward_backward: Forward and backward passes run (batches × passes).
         seconds: Wall time of the collection and the SVDs.
         accumulator_bytes: Memory held by the accumulators (dense gradients or sketches, and test matrices).
+        layers_sketched: Layers estimated from a sketch (the others were held whole: exact).
     """
 
     svds: dict[str, FactoredSVD]
     forward_backward: int
     seconds: float
     accumulator_bytes: int
+    layers_sketched: int = 0
 
 
 class _Collector:
@@ -115,14 +118,14 @@ class _Collector:
 def _accumulators(
     layers: list[LoRALayerRef], rank: int, estimator: Estimator, oversample: int, passes: int, seed: int
 ) -> tuple[dict[str, GradientSketch | DenseGradient], TestMatrices]:
-    """One accumulator per layer: a sketch, or the dense gradient where it is no larger (or ``exact`` is asked)."""
+    """One accumulator per layer: a sketch, or the dense gradient where :func:`holds_dense` (or ``exact`` is asked)."""
     dtype = torch.promote_types(layers[0].layer.get_base_layer().weight.dtype, torch.float32)
     device = layers[0].A.device
     matrices = TestMatrices(seed, device)
     accumulators: dict[str, GradientSketch | DenseGradient] = {}
     for ref in layers:
         out, inp = ref.B.shape[0], ref.A.shape[1]
-        if estimator == "exact" or out * inp <= GradientSketch.floats(out, inp, rank, oversample, passes):
+        if estimator == "exact" or holds_dense(out, inp, rank, oversample, passes):
             accumulators[ref.name] = DenseGradient(out, inp, rank, dtype, device)
         else:
             accumulators[ref.name] = GradientSketch(out, inp, rank, matrices, oversample, passes)
@@ -184,8 +187,8 @@ def gradient_svds(
         data: The batches and loss of the fit (:class:`TrainingBatches`).
         rank: Singular triplets per layer.
         num_batches: Batches of this process the gradient is averaged over.
-        estimator: ``sketch`` (streamed, O((out + in)·k); a layer whose dense gradient is no larger than its sketch
-            is held whole instead, exactly) or ``exact`` (dense, out×in per layer).
+        estimator: ``sketch`` (streamed, O((out + in)·k); a layer whose dense gradient needs no more memory or
+            arithmetic than its sketch is held whole instead, exactly) or ``exact`` (dense, out×in per layer).
         oversample: Sketch size k = rank + oversample.
         passes: Passes over the batches (sketch only; 1: one-pass sketch, more: power iterations).
         seed: Seed of the sketches' test matrices.
@@ -194,4 +197,5 @@ def gradient_svds(
     accumulators, nbytes = _collect(model, adapter, data, num_batches, rank, estimator, oversample, passes, seed)
     svds = {name: accumulator.svd(1.0 / num_batches) for name, accumulator in accumulators.items()}
     forward_backward = num_batches * (1 if estimator == "exact" else passes)
-    return GradientEstimate(svds, forward_backward, time.perf_counter() - started, nbytes)
+    sketched = sum(isinstance(a, GradientSketch) for a in accumulators.values())
+    return GradientEstimate(svds, forward_backward, time.perf_counter() - started, nbytes, sketched)

@@ -10,7 +10,7 @@ What the phase holds on the device, beside the model:
 - the accumulators: ``exact`` a dense float32 gradient per target module (out·in each; PEFT's ``lora_ga`` holds a
   ``weight.grad`` of the same size in the weights' dtype); ``sketch`` per module k·(out + in) + s² floats
   (k = rank + oversample, s = 2k + 1; one pass) or the range and basis of a multi-pass sketch, k·(out + in), and the
-  test matrices shared by every module of one shape;
+  test matrices shared by every module of one shape; a module too small to gain from a sketch is held dense;
 - under gradient checkpointing, the inputs of the target modules held from the forward to their backward (a
   checkpointed layer would drop them): per layer the hidden state feeding q/k/v, the attention output feeding o, the
   hidden state feeding gate/up and the intermediate state feeding down, where those modules are targets.
@@ -24,6 +24,7 @@ from typing import Any, Literal
 from svdlora_pl.memory.activations import TrainingSetup, nbytes
 from svdlora_pl.memory.architecture import Architecture, ParameterCounts
 from svdlora_pl.memory.plan import MemoryPlan, device_total
+from svdlora_pl.spectral.sketch import GradientSketch, holds_dense
 
 FLOAT32 = 4
 
@@ -71,15 +72,16 @@ def held_inputs(arch: Architecture, setup: TrainingSetup, targets: tuple[str, ..
 
 
 def accumulator_bytes(shapes: list[tuple[int, int]], rank: int, init: GradientInit) -> tuple[int, int]:
-    """(accumulators, shared test matrices) in bytes for the given module shapes."""
-    if init.estimator == "exact":
-        return sum(out * inp for out, inp in shapes) * FLOAT32, 0
+    """(accumulators, shared test matrices) in bytes for the given module shapes: dense where the collection holds
+    the gradient whole (``exact``, or :func:`~svdlora_pl.spectral.sketch.holds_dense`), a sketch elsewhere."""
     accumulators, test = 0, {}
     for out, inp in shapes:
+        if init.estimator == "exact" or holds_dense(out, inp, rank, init.oversample, init.passes):
+            accumulators += out * inp * FLOAT32
+            continue
         k = min(rank + init.oversample, out, inp)
         s = min(2 * k + 1, out, inp)
-        core = s * s if init.passes == 1 else 0
-        accumulators += (k * (out + inp) + core) * FLOAT32
+        accumulators += GradientSketch.floats(out, inp, rank, init.oversample, init.passes) * FLOAT32
         test[("omega", inp, k)] = inp * k
         if init.passes == 1:
             test.update({("upsilon", out, k): k * out, ("phi", out, s): s * out, ("psi", inp, s): s * inp})

@@ -198,12 +198,36 @@ class GradientSketch:
         s = min(2 * k + 1, out_features, in_features)
         return k * (out_features + in_features) + (s * s if passes == 1 else 0)
 
+    @staticmethod
+    def work(out_features: int, in_features: int, rank: int, oversample: int = 40, passes: int = 1) -> int:
+        """Multiply-adds per token of :meth:`update`, over all passes: (out + in)·(2k + s) + s² in one pass, else
+        (out + in)·k per pass."""
+        k = min(rank + oversample, out_features, in_features)
+        s = min(2 * k + 1, out_features, in_features)
+        if passes == 1:
+            return (out_features + in_features) * (2 * k + s) + s * s
+        return (out_features + in_features) * k * passes
+
+
+def holds_dense(out_features: int, in_features: int, rank: int, oversample: int = 40, passes: int = 1) -> bool:
+    """Whether a layer's gradient is better held whole (:class:`DenseGradient`, exact) than sketched.
+
+    True where the dense gradient (out·in floats, out·in multiply-adds per token) needs no more memory than the sketch
+    or no more arithmetic (:meth:`GradientSketch.work`). In the second case its memory is still at most (2k + s)/k ≈
+    4 times the sketch's (``passes`` times for a multi-pass sketch). Small layers (the tiny model's, where
+    k = r + 40 is close to their width) are held whole; Qwen2.5-7B's layers are all sketched.
+    """
+    dense = out_features * in_features
+    return dense <= GradientSketch.floats(out_features, in_features, rank, oversample, passes) or (
+        dense <= GradientSketch.work(out_features, in_features, rank, oversample, passes)
+    )
+
 
 class DenseGradient:
     """A layer's gradient held whole (out×in) and decomposed exactly: the interface of :class:`GradientSketch`.
 
-    For the exact estimator, and for a layer whose dense gradient is no larger than its sketch (small layers, where
-    the dense product is also the cheaper one): exact there at no extra cost. One pass; later passes add nothing.
+    For the exact estimator, and for a layer where :func:`holds_dense` (small layers: exact there, at no more memory
+    or arithmetic than the sketch, or either). One pass; later passes add nothing.
 
     Args:
         out_features: Rows of G.

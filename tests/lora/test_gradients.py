@@ -7,6 +7,7 @@ import pytest
 import torch
 from builders import sketch_rank, training_batches, zero_update_module
 
+from svdlora_pl.lora import gradients
 from svdlora_pl.lora.gradients import dense_gradients, gradient_svds
 from svdlora_pl.lora.layers import find_lora_layers
 from svdlora_pl.spectral import subspace_cosines
@@ -48,9 +49,10 @@ def test_no_weight_or_factor_gets_a_gradient(tiny):
 
 
 @pytest.mark.parametrize("passes", [1, 2])
-def test_sketch_is_near_the_optimum_and_spans_the_top_subspaces(tiny, passes):
+def test_sketch_is_near_the_optimum_and_spans_the_top_subspaces(tiny, passes, monkeypatch):
     built, dense = tiny
     r = 8
+    monkeypatch.setattr(gradients, "holds_dense", lambda *shape: False)  # by default the tiny layers are held whole
     sketched = gradient_svds(
         built.model, "default", training_batches(built), rank=r, num_batches=BATCHES, passes=passes
     ).svds
@@ -64,7 +66,7 @@ def test_sketch_is_near_the_optimum_and_spans_the_top_subspaces(tiny, passes):
         worst = max(worst, float(error / optimum))
         cosines = subspace_cosines(svd.U, U[:, :r])  # the r-th direction may be near-degenerate with the next
         assert float(cosines.mean()) > (0.9 if passes == 1 else 0.95) and float(cosines[: r // 2].min()) > 0.95, name
-    assert worst <= (1.10 if passes == 1 else 1.03)  # the defaults (oversample 40): 1.07 and 1.014 measured
+    assert worst <= (1.10 if passes == 1 else 1.03)  # the defaults (oversample 40): 1.073 and 1.014 measured
 
 
 def test_sketch_is_deterministic(tiny):

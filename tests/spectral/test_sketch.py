@@ -10,7 +10,7 @@ import torch
 
 from svdlora_pl.errors import InputError
 from svdlora_pl.spectral import subspace_cosines
-from svdlora_pl.spectral.sketch import GradientSketch, TestMatrices, derived_seed
+from svdlora_pl.spectral.sketch import GradientSketch, TestMatrices, derived_seed, holds_dense
 
 
 def gradient_stream(out: int, inp: int, tokens: int, alpha: float, chunks: int, seed: int = 0):
@@ -93,3 +93,17 @@ def test_svd_after_the_last_pass_only():
     sketch = GradientSketch(8, 8, 2, TestMatrices(), passes=1)
     with pytest.raises(RuntimeError, match="all passes are done"):
         sketch.next_pass()
+
+
+def test_small_layers_are_held_whole_and_7b_layers_sketched():
+    for out, inp in [(128, 128), (352, 128), (128, 352), (32, 128)]:  # the tiny model's q/o, gate/up, down, k/v
+        assert holds_dense(out, inp, rank=8)
+    for out, inp in [(3584, 3584), (512, 3584), (18944, 3584), (3584, 18944)]:  # Qwen2.5-7B's, r 16 and 2r
+        assert not holds_dense(out, inp, rank=16) and not holds_dense(out, inp, rank=32)
+    held = 0
+    for out, inp, rank in [(352, 128, 8), (150, 2000, 4), (400, 400, 16), (150, 50000, 8)]:
+        floats, k = GradientSketch.floats(out, inp, rank), min(rank + 40, out, inp)
+        if holds_dense(out, inp, rank):  # by arithmetic it may take more memory, at most (2k + s)/k of the sketch's
+            held += 1
+            assert out * inp <= (2 * k + min(2 * k + 1, out, inp)) / k * floats
+    assert held == 4
