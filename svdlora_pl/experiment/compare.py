@@ -61,7 +61,7 @@ def compare(
 
 
 def print_summary(comparison: dict[str, Any], where: object) -> None:
-    """Print where the comparison went and each run's gains against the first run."""
+    """Print where the comparison went and each run's improvement over the first run (percent; negative: worse)."""
     first = comparison["reference_run"]
     print(f"wrote {where} ({len(comparison['runs'])} runs, target loss {comparison['target_loss']['value']:.4g})")
     for label, gains in comparison["improvement_pct"].items():
@@ -73,4 +73,4 @@ def print_summary(comparison: dict[str, Any], where: object) -> None:
                 ("final_train_loss", "final loss"),
             )
         ]
-        print(f"{label} vs {first}: " + ", ".join(parts))
+        print(f"{label} vs {first}, improvement (negative: worse): " + ", ".join(parts))

@@ -8,7 +8,7 @@ Example (``configs/experiment/tiny.yaml``)::
     lora: {r: 8, alpha: 16.0}            # LoRA of both the random-init and the SVD-init fit
     lr: 0.003
     epochs: 4
-    teacher: synthesized                 # or full_finetune
+    teacher: synthesized                 # or full_finetune, or gradient
     synthesis: {target_rank: 32, noise_scale: 0.1}
     full_finetune: {lr: 0.0003, epochs: 4, target_rank: 32, svd: exact}
     svd_init: {mode: warm_start}
@@ -81,6 +81,29 @@ class FullFinetuneConfig:
 
 
 @dataclass(frozen=True)
+class GradientConfig:
+    """The loss gradient at the base weights as the teacher (teacher: gradient): the SVD-init fit uses
+    ``GradientSVDInit`` with these arguments, and no teacher is built or factorized beforehand.
+
+    Args:
+        scheme: lora_one (LoRA-One: one normalized gradient step, the base unchanged) or lora_ga (LoRA-GA as PEFT
+            does it: residual base).
+        num_batches: Training batches the gradient is averaged over.
+        estimator: sketch (one-pass sketch in hooks) or exact (a dense gradient per layer).
+        oversample: Sketch size k = rank + oversample.
+        passes: Passes of the sketch over the batches.
+        stable_gamma: γ of the schemes' stable scale (larger: a smaller starting update).
+    """
+
+    scheme: Literal["lora_one", "lora_ga"] = "lora_one"
+    num_batches: int = 8
+    estimator: Literal["sketch", "exact"] = "sketch"
+    oversample: int = 40
+    passes: int = 1
+    stable_gamma: float = 16.0
+
+
+@dataclass(frozen=True)
 class SVDInitConfig:
     """The SVD-init fit (``SVDTeacherInit`` from the teacher's rank-r factors).
 
@@ -112,10 +135,12 @@ class ExperimentConfig:
         lora: LoRA rank and alpha of both LoRA fits.
         lr: Learning rate of both LoRA fits.
         epochs: Epochs of both LoRA fits.
-        teacher: synthesized (from the random-init run's adapter: circular by construction) or full_finetune (a
-            real full fine-tune of the same base on the same data: not circular).
+        teacher: synthesized (from the random-init run's adapter: circular by construction), full_finetune (a
+            real full fine-tune of the same base on the same data: not circular) or gradient (the loss gradient at the
+            base weights, taken by the SVD-init fit itself: not circular, no teacher run).
         synthesis: The synthesized teacher (teacher: synthesized).
         full_finetune: The full fine-tune teacher (teacher: full_finetune).
+        gradient: The gradient teacher (teacher: gradient).
         svd_init: The SVD-init fit.
         monitor_every_n_steps: Optimizer steps between spectrum / teacher-alignment measurements.
 
@@ -130,9 +155,10 @@ class ExperimentConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     lr: float = 3e-3
     epochs: int = 4
-    teacher: Literal["synthesized", "full_finetune"] = "synthesized"
+    teacher: Literal["synthesized", "full_finetune", "gradient"] = "synthesized"
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     full_finetune: FullFinetuneConfig = field(default_factory=FullFinetuneConfig)
+    gradient: GradientConfig = field(default_factory=GradientConfig)
     svd_init: SVDInitConfig = field(default_factory=SVDInitConfig)
     monitor_every_n_steps: int = 10
 
@@ -142,7 +168,8 @@ class ExperimentConfig:
             "synthesis.target_rank": self.synthesis.target_rank, "full_finetune.lr": self.full_finetune.lr,
             "full_finetune.epochs": self.full_finetune.epochs,
             "full_finetune.target_rank": self.full_finetune.target_rank,
-            "monitor_every_n_steps": self.monitor_every_n_steps,
+            "monitor_every_n_steps": self.monitor_every_n_steps, "gradient.num_batches": self.gradient.num_batches,
+            "gradient.passes": self.gradient.passes, "gradient.stable_gamma": self.gradient.stable_gamma,
         }  # fmt: skip
         for where, value in positive.items():
             if not (value > 0 and math.isfinite(value)):
@@ -154,8 +181,9 @@ class ExperimentConfig:
             raise InputError(f"fit_config: {self.fit_config} not found")
 
     def teacher_rank(self) -> int:
-        """Rank R of the teacher of the configured kind."""
-        return self.synthesis.target_rank if self.teacher == "synthesized" else self.full_finetune.target_rank
+        """Rank R of the teacher of the configured kind (the LoRA rank for the gradient)."""
+        ranks = {"synthesized": self.synthesis.target_rank, "full_finetune": self.full_finetune.target_rank}
+        return ranks.get(self.teacher, self.lora.r)
 
 
 def load_experiment_config(path: str | os.PathLike[str], *overrides: str) -> ExperimentConfig:

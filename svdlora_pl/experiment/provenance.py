@@ -1,7 +1,8 @@
 """Where a run's LoRA initialization came from, read from its ``config.yaml`` and the factor files it names.
 
 Provenance (best effort, "unknown" when a file is missing): the initializer ``class_path`` from the run's
-``config.yaml`` (written by LightningCLI) and, for ``SVDTeacherInit``, the factor file's safetensors metadata
+``config.yaml`` (written by LightningCLI); for ``GradientSVDInit`` its arguments and the cost it logged
+(``init/forward_backward_passes``, ``init/seconds``); for ``SVDTeacherInit``, the factor file's safetensors metadata
 (``source``, ``source_kind``) and, when that source is itself a teacher file, the teacher's metadata: a teacher
 synthesized from an adapter (``source_adapter``) makes the comparison circular, since the SVD run starts where that
 adapter's run ended; a teacher from a full fine-tune (recognized by a ``*finetuned*`` key, or "full" or "diff" in
@@ -103,6 +104,30 @@ def _teacher_summary(info: dict[str, Any]) -> str:
     return f"SVDTeacherInit, factors {factors}; teacher {info['teacher']} of unknown origin (no source_adapter)"
 
 
+def _gradient_summary(init_args: dict[str, Any], scalars: dict[str, Any]) -> str:
+    """One line on a ``GradientSVDInit`` run: whose gradient, how it was estimated, and what it cost."""
+    from svdlora_pl.lora.gradient_init import GradientSVDInit
+
+    try:
+        init = GradientSVDInit(**init_args)
+    except (TypeError, InputError):
+        return f"GradientSVDInit {init_args} (arguments not understood)"
+    estimate = "a dense gradient per layer" if init.estimator == "exact" else (
+        f"a one-pass sketch, oversample {init.oversample}" if init.passes == 1
+        else f"a {init.passes}-pass sketch, oversample {init.oversample}"
+    )  # fmt: skip
+    sketched, layers = scalars.get("init/layers_sketched"), scalars.get("init/layers")
+    if init.estimator == "sketch" and sketched and layers and sketched[0][1] < layers[0][1]:
+        held = f"{layers[0][1] - sketched[0][1]:.0f} of {layers[0][1]:.0f} layers small enough to be held whole: exact"
+        estimate = f"dense gradients ({held})" if sketched[0][1] == 0 else f"{estimate} ({held})"
+    passes, seconds = scalars.get("init/forward_backward_passes"), scalars.get("init/seconds")
+    cost = f"; cost {passes[0][1]:.0f} forward+backward passes, {seconds[0][1]:.1f} s" if passes and seconds else ""
+    return (
+        f"GradientSVDInit ({init.scheme}): the loss gradient of {init.num_batches} training batches at the base "
+        f"weights, from {estimate}{cost}; not circular"
+    )
+
+
 def run_provenance(run: RunLog, runs: Sequence[RunLog]) -> dict[str, Any]:
     """Best-effort provenance of ``run`` from its ``config.yaml`` and the factor files it names; never raises."""
     config, initializer, init_args = _initializer(run)
@@ -119,6 +144,9 @@ def run_provenance(run: RunLog, runs: Sequence[RunLog]) -> dict[str, Any]:
         "teacher_adapter": None,
         "circular_with": None,
     }
+    if initializer.rpartition(".")[2] == "GradientSVDInit":
+        info.update(teacher_kind="gradient", summary=_gradient_summary(init_args, run.scalars))
+        return info
     if initializer.rpartition(".")[2] != "SVDTeacherInit":
         info["summary"] = initializer if initializer.startswith("unknown") else f"{initializer} (no teacher)"
         return info

@@ -12,7 +12,8 @@ Steps (each skipped when its output is complete; a step that runs makes every la
 1. ``fit_random``: ``svdlora fit`` with PEFT's random init -> ``training_results/final_model_random/``;
 2. ``teacher``: :func:`~svdlora_pl.teacher.synthesize.synthesize` from that adapter -> ``synthesized_teacher/``, or
    a full fine-tune of the same base on the same data (``training_results/runs/full_finetune/``) and its dense ΔW
-   kept at rank R -> ``full_teacher/``;
+   kept at rank R -> ``full_teacher/`` (with ``teacher: gradient`` this step and the next are skipped: the SVD-init
+   fit takes the loss gradient at its own first batches with ``GradientSVDInit``);
 3. ``factorize``: :func:`~svdlora_pl.teacher.factorize.factorize` of the teacher at the LoRA rank ->
    ``svd_results/``;
 4. ``fit_svd``: ``svdlora fit`` with ``SVDTeacherInit`` from those factors, same seed and data order ->
@@ -44,6 +45,7 @@ from svdlora_pl.io import atomic_directory, check_writable
 
 SPECTRUM = "svdlora_pl.callbacks.LoRASpectrumMonitor"
 ALIGNMENT = "svdlora_pl.callbacks.TeacherAlignmentMonitor"
+GRADIENT = "svdlora_pl.initializers.GradientSVDInit"
 LABELS = ("random", "svd")
 """Labels of the two LoRA fits in the comparison (reference first)."""
 
@@ -108,10 +110,10 @@ class Layout:
 
     def deliverables(self) -> list[tuple[str, Path]]:
         """(what, where) of every deliverable, in step order."""
+        teacher = [("teacher and its report", self.teacher_dir), ("SVD factors and analysis", self.svd_dir)]
         return [
             ("random-init adapter", self.final_model("random")),
-            ("teacher and its report", self.teacher_dir),
-            ("SVD factors and analysis", self.svd_dir),
+            *(teacher if self.config.teacher != "gradient" else []),
             ("SVD-init adapter", self.final_model("svd")),
             ("comparison report", self.report),
             ("training logs (CSV, TensorBoard)", self.results),
@@ -163,6 +165,9 @@ def fit_args(layout: Layout, fit: Fit) -> list[str]:
     ]
     if fit == "random":
         return lora
+    if config.teacher == "gradient":  # the fit takes its own teacher: the gradient at its first batches
+        init = dataclasses.asdict(config.gradient)
+        return [*lora, f"--model.initializer={GRADIENT}", *(f"--model.initializer.{k}={v}" for k, v in init.items())]
     return [
         *lora,
         "--model.initializer=svdlora_pl.initializers.SVDTeacherInit",
@@ -292,6 +297,8 @@ STEPS = (
     Step("fit_svd", lambda lay: lay.final_model("svd") / "adapter_model.safetensors", step_fit_svd),
     Step("compare", lambda lay: lay.report, step_compare),
 )
+TEACHER_STEPS = ("teacher", "factorize")
+"""Steps that build the teacher's factors beforehand (none for the gradient, which the SVD-init fit takes itself)."""
 
 
 def run_experiment(config: ExperimentConfig, force: bool = False) -> Layout:
@@ -315,6 +322,8 @@ def run_experiment(config: ExperimentConfig, force: bool = False) -> Layout:
     layout.root.mkdir(parents=True, exist_ok=True)
     stale = force
     for step in STEPS:
+        if config.teacher == "gradient" and step.name in TEACHER_STEPS:
+            continue
         if not stale and step.done(layout).is_file():
             print(f"[experiment] {step.name}: done already ({step.done(layout)})", flush=True)
             continue

@@ -44,7 +44,10 @@ def test_direct_command_prints_where_and_gains(runs, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["compare", "--run_dirs", f"[{random.parents[1]}, {svd.parents[1]}]", "--output_dir", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert f"wrote {out}" in printed and "svd vs random: initial loss +25.0%, steps to target +20.0%" in printed
+    assert (
+        f"wrote {out}" in printed
+        and "svd vs random, improvement (negative: worse): initial loss +25.0%, steps to target +20.0%" in printed
+    )
     result = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
     assert [r["label"] for r in result["runs"]] == ["random", "svd"]  # default labels: the directories' names
 

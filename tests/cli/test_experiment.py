@@ -43,14 +43,16 @@ def test_help_lists_every_field_with_its_doc(capsys):
     assert exit_.value.code == 0
     text = flat(capsys.readouterr().out)
     fields = documented_fields(ExperimentConfig)
-    assert len(fields) == 20 and "full_finetune.svd" in fields
+    assert len(fields) == 26 and "full_finetune.svd" in fields and "gradient.oversample" in fields
     for name, doc in {**fields, "force": "Redo every step, even those whose output is complete."}.items():
         assert f"--{name} " in text and flat(doc) in text, name
     assert "rerunning resumes an interrupted experiment" in text
 
 
 def test_shipped_configs_are_three():
-    assert {p.name for p in SHIPPED} == {"tiny.yaml", "tiny_full_finetune.yaml", "qwen2.5-math-7b-32gb.yaml"}
+    assert {p.name for p in SHIPPED} == {
+        "tiny.yaml", "tiny_full_finetune.yaml", "tiny_gradient.yaml", "qwen2.5-math-7b-32gb.yaml",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("shipped", SHIPPED, ids=lambda p: p.name)
@@ -97,6 +99,11 @@ def test_every_fit_of_a_shipped_config_parses_as_svdlora_fit(shipped, tmp_path, 
         assert (fit["model"]["lora"]["r"], fit["model"]["lora"]["alpha"]) == (config.lora.r, config.lora.alpha)
         assert fit["model"]["optimizer"]["init_args"]["lr"] == config.lr
         if name == "random":
+            assert callbacks[-1:] == ["svdlora_pl.callbacks.LoRASpectrumMonitor"]
+        elif config.teacher == "gradient":  # the fit takes its own teacher: no factor file, no alignment monitor
+            initializer = fit["model"]["initializer"]
+            assert initializer["class_path"].endswith("GradientSVDInit")
+            assert initializer["init_args"] == {**dataclasses.asdict(config.gradient), "seed": 0}
             assert callbacks[-1:] == ["svdlora_pl.callbacks.LoRASpectrumMonitor"]
         else:
             initializer = fit["model"]["initializer"]

@@ -114,3 +114,32 @@ def test_provenance_best_effort_unknowns(tmp_path, two_runs):
     )
     info = provenance([svd], ["svd"])[0]
     assert info["teacher_file"] == str(anonymous) and "of unknown origin (no source_adapter)" in info["summary"]
+
+
+@pytest.mark.parametrize(
+    ("sketched", "estimate"),
+    [(196.0, "a 2-pass sketch, oversample 40"),
+     (140.0, "a 2-pass sketch, oversample 40 (56 of 196 layers small enough to be held whole: exact)"),
+     (0.0, "dense gradients (196 of 196 layers small enough to be held whole: exact)")],
+)  # fmt: skip
+def test_provenance_gradient_teacher_states_its_batches_estimator_and_cost(tmp_path, sketched, estimate):
+    from builders import write_events
+
+    random = make_run(tmp_path / "random" / "lightning_logs" / "version_0", LOSS_A)
+    gradient = write_events(
+        tmp_path / "gradient" / "lightning_logs" / "version_0",
+        {"train/loss": list(enumerate(LOSS_B)), "init/forward_backward_passes": [(0, 16.0)], "init/seconds": [(0, 2.5)],
+         "init/layers_sketched": [(0, sketched)], "init/layers": [(0, 196.0)]},
+    )  # fmt: skip
+    write_config(random, "    class_path: svdlora_pl.initializers.RandomInit\n")
+    write_config(
+        gradient,
+        "    class_path: svdlora_pl.initializers.GradientSVDInit\n"
+        "    init_args: {scheme: lora_ga, num_batches: 8, estimator: sketch, oversample: 40, passes: 2}\n",
+    )
+    info = provenance([random, gradient], ["random", "gradient"])[1]
+    assert info["teacher_kind"] == "gradient"
+    assert info["summary"] == (
+        f"GradientSVDInit (lora_ga): the loss gradient of 8 training batches at the base weights, from {estimate}; "
+        "cost 16 forward+backward passes, 2.5 s; not circular"
+    )
