@@ -34,8 +34,12 @@ def _grid_position(name: str) -> tuple[str, str]:
     return row, name.rpartition(".")[2]
 
 
-def energy_heatmap(values: Mapping[str, float], title: str) -> Figure:
-    """Heat map of one per-module value (e.g. energy@k) with layers as rows and module kinds as columns."""
+def module_heatmap(values: Mapping[str, float], title: str, vmin: float = 0.0, vmax: float = 1.0) -> Figure:
+    """Heat map of one per-module value (e.g. energy@1) with layers as rows and module kinds as columns.
+
+    ``vmin``/``vmax`` fix the colour range (values outside it saturate), so maps of different steps compare; a
+    module absent from ``values`` stays blank.
+    """
     import numpy as np
 
     positions = {name: _grid_position(name) for name in values}
@@ -45,7 +49,7 @@ def energy_heatmap(values: Mapping[str, float], title: str) -> Figure:
     for name, (row, col) in positions.items():
         grid[rows.index(row), cols.index(col)] = values[name]
     fig, ax = new_figure((1.0 + 0.8 * len(cols), 1.2 + 0.25 * len(rows)))
-    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax)
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
     ax.set_yticks(range(len(rows)), rows)
     ax.set_ylabel("layer")

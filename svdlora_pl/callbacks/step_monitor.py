@@ -1,16 +1,17 @@
 """Shared mechanics of the LoRA monitors: act once every N optimizer steps, on rank zero, and log.
 
 :class:`OptimizerStepCallback` holds the interval logic (also used by the memory monitor); a LoRA monitor
-subclasses :class:`LoRAStepMonitor` and implements :meth:`LoRAStepMonitor.measure`. The base
+subclasses :class:`LoRAStepMonitor` and implements :meth:`LoRAStepMonitor.measure_layers`. The base
 class finds the PEFT LoRA layers, refuses to run without a logger, skips the micro-batches of gradient
 accumulation (it acts when ``trainer.global_step`` has advanced, i.e. after a real optimizer step), computes
 on global rank zero only (DDP replicas hold identical LoRA weights, so nothing is gathered and no rank waits
-on another), and writes through the trainer's loggers at ``trainer.global_step``.
+on another), writes through the trainer's loggers at ``trainer.global_step`` under the tag names of
+:mod:`svdlora_pl.callbacks.tags`, and draws heat maps of the last measurement at each validation end.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
@@ -19,8 +20,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
+from svdlora_pl.callbacks.tags import flatten, heatmap_tag, summary_tag
 from svdlora_pl.errors import TrainingDiverged
 from svdlora_pl.lora.layers import LoRALayerRef, find_lora_layers
+from svdlora_pl.spectral.threads import cpu_threads
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class OptimizerStepCallback(Callback):
@@ -68,17 +74,36 @@ class OptimizerStepCallback(Callback):
 
 
 class LoRAStepMonitor(OptimizerStepCallback):
-    """Base class: calls :meth:`measure` every ``every_n_steps`` optimizer steps and logs what it returns.
+    """Base class: calls :meth:`measure_layers` every ``every_n_steps`` optimizer steps and logs what it returns.
+
+    A subclass returns ``{layer: {metric: value}}``; this class writes the per-layer and summary tags of
+    :mod:`svdlora_pl.callbacks.tags`, keeps the values, and at each validation end draws the layer × module heat
+    maps of :meth:`heatmap_metrics` (and a subclass's :meth:`extra_figures`) from the last measurement.
 
     Args:
         every_n_steps: Interval in optimizer steps (gradient-accumulation micro-batches do not count).
         adapter_name: PEFT adapter whose LoRA layers are measured.
+        log_per_layer: Log every layer's metrics, not only the summaries over layers.
+        log_figures: Log the heat maps at each validation end (TensorBoard only).
     """
 
-    def __init__(self, every_n_steps: int = 50, adapter_name: str = "default") -> None:
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        adapter_name: str = "default",
+        log_per_layer: bool = True,
+        log_figures: bool = True,
+    ) -> None:
         super().__init__(every_n_steps)
         self.adapter_name = adapter_name
+        self.log_per_layer = log_per_layer
+        self.log_figures = log_figures
         self.layers: list[LoRALayerRef] = []
+        self.last_values: dict[str, dict[str, float]] = {}
+        """``{layer: {metric: value}}`` of the last measurement (``layer`` is the short module path)."""
+        self.last_step = -1
+        """The optimizer step of the last measurement (-1: none yet)."""
+        self._start_pending = False
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -102,7 +127,16 @@ class LoRAStepMonitor(OptimizerStepCallback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        if trainer.global_step == 0:  # the starting point: zero for PEFT's default init, the factors otherwise
+        self._start_pending = trainer.global_step == 0
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # The starting point (zero for PEFT's default init, the factors otherwise), measured before the first batch:
+        # after every ``on_train_start``, including a LightningModule's that initializes LoRA from data there.
+        if self._start_pending:
+            self._start_pending = False
             self.on_interval(trainer, pl_module)
 
     @override
@@ -120,13 +154,69 @@ class LoRAStepMonitor(OptimizerStepCallback):
                 if not bool(torch.isfinite(tensor).all()):
                     raise TrainingDiverged(f"LoRA factor {factor} holds NaN or infinite values", step, ref.name)
 
-    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        """The scalars to log at this step; implemented by subclasses."""
+    def measure_layers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, dict[str, float]]:
+        """``{layer: {metric: value}}`` at the current weights, every layer with the same metrics; by subclasses."""
         raise NotImplementedError
+
+    num_threads: int | None = 1
+    """CPU threads while measuring (:func:`~svdlora_pl.spectral.cpu_threads`; ``None``: torch's setting). Many small
+    factorizations are not worth threads: on busy cores two threads made them up to 500x slower (measured)."""
+
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """Measure every layer, keep the values, and return the tags to log (:func:`~svdlora_pl.callbacks.tags.flatten`
+        plus :meth:`extra_summaries`)."""
+        with cpu_threads(self.num_threads):
+            self.last_values = self.measure_layers(trainer, pl_module)
+        self.last_step = trainer.global_step
+        return {**flatten(self.last_values, self.log_per_layer), **self.extra_summaries(self.last_values)}
+
+    def extra_summaries(self, per_layer: dict[str, dict[str, float]]) -> dict[str, float]:
+        """Summary tags beyond mean/min/max (e.g. a total over layers); none by default."""
+        return {}
+
+    def metric_names(self) -> list[str]:
+        """The metrics :meth:`measure_layers` returns for every layer (known once the layers are found)."""
+        raise NotImplementedError
+
+    def summary_tags(self) -> list[str]:
+        """The headline tags of this monitor, listed as metrics in TensorBoard's HPARAMS dashboard."""
+        return [summary_tag(metric, "mean") for metric in self.metric_names()]
+
+    def heatmap_metrics(self) -> dict[str, tuple[float, float]]:
+        """Metrics drawn as layer × module heat maps at each validation end, with their colour range."""
+        return {}
 
     def histograms(self) -> dict[str, torch.Tensor]:
         """Value sets to log as TensorBoard histograms with the last measurement; none by default."""
         return {}
+
+    def figures(self, step: int) -> dict[str, Figure]:
+        """Figures by tag: the heat maps of the last measurement and :meth:`extra_figures` (``step``: the current one)."""
+        from svdlora_pl.plots import module_heatmap
+
+        figures: dict[str, Figure] = {}
+        if self.last_values:
+            for metric, (low, high) in self.heatmap_metrics().items():
+                values = {layer: row[metric] for layer, row in self.last_values.items()}
+                title = f"{metric} at step {self.last_step}"
+                figures[heatmap_tag(metric)] = module_heatmap(values, title, low, high)
+        return {**figures, **self.extra_figures(step)}
+
+    def extra_figures(self, step: int) -> dict[str, Figure]:
+        """Further figures logged at each validation end; none by default."""
+        return {}
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not (self.log_figures and trainer.is_global_zero and self.layers) or trainer.sanity_checking:
+            return
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        if not loggers:
+            return
+        figures = self.figures(trainer.global_step)
+        for logger in loggers:
+            for tag, figure in figures.items():
+                logger.experiment.add_figure(tag, figure, trainer.global_step, close=False)
 
     def log_metrics(
         self, trainer: pl.Trainer, metrics: dict[str, float], histograms: dict[str, torch.Tensor] | None = None

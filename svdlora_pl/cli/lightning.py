@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
@@ -34,6 +35,18 @@ class SvdloraCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.model_name_or_path", "data.tokenizer")
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
+
+    @override
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """LightningCLI's Trainer with the TensorBoard dashboard defaults
+        (:func:`svdlora_pl.callbacks.dashboard.apply_cli_defaults`): a ``DashboardLogger`` (no constant ``hp_metric``
+        and ``epoch`` cards) when the config names no logger, and a ``TensorBoardDashboard`` unless it has one."""
+        from svdlora_pl.callbacks.dashboard import apply_cli_defaults
+
+        trainer = super().instantiate_trainer(**kwargs)
+        section = self.config_init.get(str(self.subcommand), self.config_init)
+        apply_cli_defaults(trainer, kwargs.get("logger", section.get("trainer", {}).get("logger")))
+        return trainer
 
     @override
     def _parse_ckpt_path(self) -> None:

@@ -85,9 +85,12 @@ def test_logs_during_fit(module, tmp_path):
     trainer = make_trainer(tmp_path, max_steps=4, limit_val_batches=0, callbacks=[monitor])
     trainer.fit(module, QADataModule(batch_size=2))
     scalars = read_scalars(Path(trainer.log_dir))
-    assert [s for s, _ in scalars["teacher/relative_error/mean"]] == [0, 2, 4]
-    assert scalars["teacher/relative_error/mean"][0][1] == pytest.approx(0.0, abs=1e-6)
-    assert "teacher/left_alignment/layers.3.mlp.down_proj" in scalars
+    assert [s for s, _ in scalars["weights/teacher_relative_error/mean"]] == [0, 2, 4]
+    assert scalars["weights/teacher_relative_error/mean"][0][1] == pytest.approx(0.0, abs=1e-6)
+    assert "weights.teacher_left_alignment.down_proj/layers.3.mlp.down_proj" in scalars
+    per_layer = {key for key in scalars if key.startswith("weights.")}
+    assert len(per_layer) == 3 * 4 * 2  # 3 metrics × 4 layers × (q_proj, down_proj)
+    assert monitor.figures(4)["weights/heatmap/teacher_relative_error"].axes[0].images[0].get_array().shape == (4, 2)
 
 
 def test_missing_modules_are_named(module, tmp_path):

@@ -35,7 +35,7 @@ def test_two_process_ddp_fit_logs_once_and_saves_one_adapter(tmp_path):
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert len(list(tmp_path.rglob("adapter_model.safetensors"))) == 1
     scalars = read_scalars(run_dir)
-    assert [step for step, _ in scalars["spectrum/energy@4/mean"]] == [0, 2, 4, 6]
+    assert [step for step, _ in scalars["weights/energy@4/mean"]] == [0, 2, 4, 6]
     assert len(scalars["train/loss"]) == 6
 
 
