@@ -2,7 +2,7 @@
 
 Provenance (best effort, "unknown" when a file is missing): the initializer ``class_path`` from the run's
 ``config.yaml`` (written by LightningCLI); for ``GradientSVDInit`` its arguments and the cost it logged
-(``init/forward_backward_passes``, ``init/seconds``); for ``SVDTeacherInit``, the factor file's safetensors metadata
+(``weights/init/forward_backward_passes``, ``weights/init/seconds``); for ``SVDTeacherInit``, the factor file's safetensors metadata
 (``source``, ``source_kind``) and, when that source is itself a teacher file, the teacher's metadata: a teacher
 synthesized from an adapter (``source_adapter``) makes the comparison circular, since the SVD run starts where that
 adapter's run ended; a teacher from a full fine-tune (recognized by a ``*finetuned*`` key, or "full" or "diff" in
@@ -116,11 +116,11 @@ def _gradient_summary(init_args: dict[str, Any], scalars: dict[str, Any]) -> str
         f"a one-pass sketch, oversample {init.oversample}" if init.passes == 1
         else f"a {init.passes}-pass sketch, oversample {init.oversample}"
     )  # fmt: skip
-    sketched, layers = scalars.get("init/layers_sketched"), scalars.get("init/layers")
+    sketched, layers = scalars.get("weights/init/layers_sketched"), scalars.get("weights/init/layers")
     if init.estimator == "sketch" and sketched and layers and sketched[0][1] < layers[0][1]:
         held = f"{layers[0][1] - sketched[0][1]:.0f} of {layers[0][1]:.0f} layers small enough to be held whole: exact"
         estimate = f"dense gradients ({held})" if sketched[0][1] == 0 else f"{estimate} ({held})"
-    passes, seconds = scalars.get("init/forward_backward_passes"), scalars.get("init/seconds")
+    passes, seconds = scalars.get("weights/init/forward_backward_passes"), scalars.get("weights/init/seconds")
     cost = f"; cost {passes[0][1]:.0f} forward+backward passes, {seconds[0][1]:.1f} s" if passes and seconds else ""
     return (
         f"GradientSVDInit ({init.scheme}): the loss gradient of {init.num_batches} training batches at the base "

@@ -70,7 +70,7 @@ class LoRAInitializer:
         fit's training loader, its loss, and a mean over processes: a distributed run must leave identical factors on
         every rank. A residual scheme also rewrites the frozen weights here (``modifies_base``); the module then
         keeps the starting factors in its checkpoints so a resumed run rebuilds the same base. Returns what the
-        initialization cost (logged under ``init/``).
+        initialization cost (logged under ``weights/init/``).
         """
         raise NotImplementedError(f"{type(self).__name__} reads no data")
 

@@ -72,14 +72,14 @@ def broadcast_from_rank_zero(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def initialize_from_data(module: QwenLoRAModule) -> None:
-    """Run the initializer's data pass; log what it cost (``init/*`` at step 0) and keep a residual's start."""
+    """Run the initializer's data pass; log what it cost (``weights/init/*`` at step 0) and keep a residual's start."""
     cost = module.initializer.initialize_with_data(module.model, ADAPTER_NAME, training_batches(module))
     if module.initializer.modifies_base:
         module.initial_factors = snapshot_factors(module.model, ADAPTER_NAME)
     if module.trainer.is_global_zero:
         log.info("%s: %s", type(module.initializer).__name__, ", ".join(f"{k} {v:.4g}" for k, v in cost.items()))
     for logger in module.loggers:
-        logger.log_metrics({f"init/{key}": value for key, value in cost.items()}, step=0)
+        logger.log_metrics({f"weights/init/{key}": value for key, value in cost.items()}, step=0)
 
 
 def save_initial_factors(module: QwenLoRAModule, checkpoint: dict[str, Any]) -> None:

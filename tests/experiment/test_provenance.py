@@ -128,8 +128,8 @@ def test_provenance_gradient_teacher_states_its_batches_estimator_and_cost(tmp_p
     random = make_run(tmp_path / "random" / "lightning_logs" / "version_0", LOSS_A)
     gradient = write_events(
         tmp_path / "gradient" / "lightning_logs" / "version_0",
-        {"train/loss": list(enumerate(LOSS_B)), "init/forward_backward_passes": [(0, 16.0)], "init/seconds": [(0, 2.5)],
-         "init/layers_sketched": [(0, sketched)], "init/layers": [(0, 196.0)]},
+        {"train/loss": list(enumerate(LOSS_B)), "weights/init/forward_backward_passes": [(0, 16.0)], "weights/init/seconds": [(0, 2.5)],
+         "weights/init/layers_sketched": [(0, sketched)], "weights/init/layers": [(0, 196.0)]},
     )  # fmt: skip
     write_config(random, "    class_path: svdlora_pl.initializers.RandomInit\n")
     write_config(

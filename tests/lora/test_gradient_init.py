@@ -123,7 +123,7 @@ def test_fit_initializes_once_logs_the_cost_and_resumes_onto_the_same_residual_b
 
     full, trainer = fit(tmp_path / "full", 4)
     scalars = read_scalars(Path(trainer.log_dir))
-    assert scalars["init/forward_backward_passes"] == [(0, 2.0)] and scalars["init/seconds"][0][1] > 0
+    assert scalars["weights/init/forward_backward_passes"] == [(0, 2.0)] and scalars["weights/init/seconds"][0][1] > 0
     assert full.initial_factors is not None  # the residual start, kept for the rank-2r adapter and checkpoints
     (checkpoint,) = Path(trainer.log_dir, "checkpoints").glob("*.ckpt")
     restored = QwenLoRAModule.load_from_checkpoint(checkpoint).eval()
