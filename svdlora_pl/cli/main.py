@@ -26,6 +26,7 @@ TOOLS: dict[str, str] = {
     "estimate-memory": "svdlora_pl.cli.estimate_memory",
     "experiment": "svdlora_pl.cli.experiment",
     "factorize": "svdlora_pl.cli.factorize",
+    "federate": "svdlora_pl.cli.federate",
     "synthesize": "svdlora_pl.cli.synthesize",
 }
 """Tool subcommands beside LightningCLI's: name -> module whose ``main(argv) -> int`` runs it."""

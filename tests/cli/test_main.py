@@ -16,7 +16,7 @@ from svdlora_pl.training.module import QwenLoRAModule
 
 CONFIG_ROOT = ROOT / "configs"
 ALL_CONFIGS = sorted(CONFIG_ROOT.rglob("*.yaml"))
-CONFIGS = [p for p in ALL_CONFIGS if p.parent.name != "experiment"]  # `svdlora fit` configs (and overlays)
+CONFIGS = [p for p in ALL_CONFIGS if p.parent.name not in ("experiment", "federated")]  # `svdlora fit` configs
 # Runs every config on this machine: the tiny model instead of a hub name, CPU and fp32 instead of GPU/bf16.
 CPU_TINY = [
     f"--model.model_name_or_path={TINY_MODEL}",
