@@ -209,18 +209,20 @@ def flops_per_token(shape: Shape, seq_len: int, checkpointing: bool, chunked: bo
     return float(model), float(hardware)
 
 
-def reference_shape() -> Shape:
-    """Llama-3.1-8B's :class:`Shape` (:data:`REFERENCE_CONFIG`) with this benchmark's LoRA, r=16 on 7 projections."""
-    hidden, inter, layers = (REFERENCE_CONFIG[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers"))
-    head_dim = hidden // REFERENCE_CONFIG["num_attention_heads"]
-    kv = REFERENCE_CONFIG["num_key_value_heads"] * head_dim
+def reference_shape(config: dict[str, int] | None = None) -> Shape:
+    """The :class:`Shape` of a HF-style config (default Llama-3.1-8B's, :data:`REFERENCE_CONFIG`) with this
+    benchmark's LoRA, r=16 on 7 projections."""
+    config = REFERENCE_CONFIG if config is None else config
+    hidden, inter, layers = (config[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers"))
+    head_dim = hidden // config["num_attention_heads"]
+    kv = config["num_key_value_heads"] * head_dim
     # (in, out) of q, k, v, o, gate, up, down
     linears = [(hidden, hidden), (hidden, kv), (hidden, kv), (hidden, hidden), (hidden, inter), (hidden, inter)]
     linears.append((inter, hidden))
-    head = hidden * REFERENCE_CONFIG["vocab_size"]
+    head = hidden * config["vocab_size"]
     frozen = layers * sum(a * b for a, b in linears) + head
     lora = layers * LORA_RANK * sum(a + b for a, b in linears)
-    return Shape(frozen, head, lora, layers, REFERENCE_CONFIG["num_attention_heads"] * head_dim)
+    return Shape(frozen, head, lora, layers, config["num_attention_heads"] * head_dim)
 
 
 def reference_comparison(shape: Shape, peak: float, measured: float | None) -> dict[str, float | None]:

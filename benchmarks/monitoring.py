@@ -4,6 +4,7 @@ Run (from the repository root, with the package installed)::
 
     python benchmarks/monitoring.py                         # 28 layers × 7 modules of Qwen2.5-7B shapes, r = 16
     python benchmarks/monitoring.py --shapes tiny --layers 2  # smoke test (seconds)
+    python benchmarks/monitoring.py --device cuda           # on a GPU: bf16 base weights, the intruder monitor measured
 
 It prints, measured in one run on this machine:
 
@@ -29,8 +30,9 @@ The monitors run their own code on stand-in layers that expose what a PEFT LoRA 
 random float32 base weights, one per distinct shape, shared by the 28 layers (the 7B base in float32 is 26 GB; every
 module still costs its own products). The intruder monitor's cost is dominated by products with the dense base
 weights (2·niter + 2 = 4 passes over all of them per interval), which this CPU runs in float32; on a CUDA device it
-reads the bf16 weights as they are (``svdlora_pl.spectral.intruders.apply``), a cost this benchmark does not measure:
-it prints a bandwidth lower bound for those passes on an RTX 5090 (1,792 GB/s), labelled as modelled.
+reads the bf16 weights as they are (``svdlora_pl.spectral.intruders.apply``). ``--device cuda`` measures that (bf16
+base weights, CUDA-synchronized times); on a CPU the benchmark prints a bandwidth lower bound for those passes on an
+RTX 5090 (1,792 GB/s), labelled as modelled.
 """
 
 from __future__ import annotations
@@ -87,8 +89,12 @@ class StandIn(torch.nn.Module):
         return self.base
 
 
-def stand_in_layers(shapes: dict[str, tuple[int, int]], layers: int, seed: int = 0) -> list[LoRALayerRef]:
-    """``layers`` × len(shapes) LoRA layers with random factors; one random base weight per distinct shape."""
+def stand_in_layers(
+    shapes: dict[str, tuple[int, int]], layers: int, seed: int = 0, device: str = "cpu",
+    base_dtype: torch.dtype = torch.float32,
+) -> list[LoRALayerRef]:  # fmt: skip
+    """``layers`` × len(shapes) LoRA layers with random float32 factors; one random base weight per distinct shape (in
+    ``base_dtype``); all on ``device``."""
     generator = torch.Generator().manual_seed(seed)
     bases: dict[tuple[int, int], torch.nn.Linear] = {}
     refs = []
@@ -98,20 +104,29 @@ def stand_in_layers(shapes: dict[str, tuple[int, int]], layers: int, seed: int =
             if (out, inp) not in bases:
                 base = torch.nn.Linear(inp, out, bias=False).requires_grad_(False)
                 base.weight.copy_(torch.randn(out, inp, generator=generator) / math.sqrt(inp))
-                bases[(out, inp)] = base
+                bases[(out, inp)] = base.to(device, base_dtype)
             B = torch.randn(out, RANK, generator=generator) * decay * 0.01
             A = torch.randn(RANK, inp, generator=generator) / math.sqrt(inp)
             module = StandIn(bases[(out, inp)], B, A).requires_grad_(False)
+            module.lora_A.to(device), module.lora_B.to(device)
             refs.append(LoRALayerRef(f"model.layers.{layer}.{name}", module, "default"))
     return refs
+
+
+def synchronize() -> None:
+    """Wait for queued CUDA work (so wall times include it); nothing on a CPU."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def best_of(repeat: int, function: Callable[[], Any]) -> tuple[float, Any]:
     """(shortest wall time of ``repeat`` calls, the last result)."""
     best, result = math.inf, None
     for _ in range(repeat):
+        synchronize()
         began = time.perf_counter()
         result = function()
+        synchronize()
         best = min(best, time.perf_counter() - began)
     return best, result
 
@@ -131,16 +146,8 @@ def step_seconds() -> tuple[float, str]:
     from svdlora_pl.memory.presets import PRESETS
 
     bench = load_gpu_7b()
-    config = PRESETS["qwen2.5-7b"]
-    hidden, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
-    head_dim = hidden // config["num_attention_heads"]
-    kv = config["num_key_value_heads"] * head_dim
-    linears = [(hidden, hidden), (hidden, kv), (hidden, kv), (hidden, hidden), (hidden, inter), (hidden, inter)]
-    linears.append((inter, hidden))
-    head = hidden * config["vocab_size"]
-    frozen = layers * sum(a * b for a, b in linears) + head
-    lora = layers * RANK * sum(a + b for a, b in linears)
-    shape = bench.Shape(frozen, head, lora, layers, config["num_attention_heads"] * head_dim)
+    assert bench.LORA_RANK == RANK, "the step model's LoRA rank is the monitored rank"
+    shape = bench.reference_shape(PRESETS["qwen2.5-7b"])
     flops = bench.flops_per_token(shape, SEQ_LEN, checkpointing=True, chunked=True)[0] * TOKENS_PER_STEP
     (peak,) = [tflops for _, label, tflops in bench.PEAK_TFLOPS if label == PEAK_LABEL]
     seconds = flops / (MFU * peak * 1e12)
@@ -195,16 +202,18 @@ def measure_monitor(monitor: LoRAStepMonitor, layers: list[LoRALayerRef], events
     }  # fmt: skip
 
 
-def run(shapes: str, layers: int, repeat: int) -> tuple[dict[str, dict], dict[str, float]]:
+def run(
+    shapes: str, layers: int, repeat: int, device: str = "cpu", base_dtype: torch.dtype = torch.float32
+) -> tuple[dict[str, dict], dict[str, float]]:
     from svdlora_pl.lora.factor_files import save_factors
 
-    refs = stand_in_layers(SHAPES[shapes], layers)
+    refs = stand_in_layers(SHAPES[shapes], layers, device=device, base_dtype=base_dtype)
     results: dict[str, dict] = {}
     extra: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         generator = torch.Generator().manual_seed(1)
-        teacher = {ref.name: (torch.randn(ref.B.shape, generator=generator), ref.A.detach().clone()) for ref in refs}
+        teacher = {ref.name: (torch.randn(ref.B.shape, generator=generator), ref.A.detach().cpu()) for ref in refs}
         save_factors(root / "teacher.safetensors", teacher)
         monitors = {
             "LoRASpectrumMonitor": LoRASpectrumMonitor(),
@@ -214,7 +223,10 @@ def run(shapes: str, layers: int, repeat: int) -> tuple[dict[str, dict], dict[st
         for name, monitor in monitors.items():
             if isinstance(monitor, LoRASpectrumMonitor):
                 monitor.ranks = [1, RANK // 4, RANK // 2]  # the defaults for r = 16 (set at fit start)
-            times = 1 if isinstance(monitor, LoRAIntruderMonitor) else repeat  # tens of seconds a measurement on a CPU
+            slow = (
+                isinstance(monitor, LoRAIntruderMonitor) and device == "cpu"
+            )  # tens of seconds a measurement on a CPU
+            times = 1 if slow else repeat
             results[name] = measure_monitor(monitor, refs, EventFile(root / name), times)
         cached = LoRAIntruderMonitor(cache_dir=str(root / "cache"))  # a second fit of the same base model
         cached.layers = refs
@@ -225,10 +237,15 @@ def run(shapes: str, layers: int, repeat: int) -> tuple[dict[str, dict], dict[st
     return results, extra
 
 
-def report(results: dict[str, dict], extra: dict[str, float], modules: int, shapes: str) -> int:
+def report(
+    results: dict[str, dict], extra: dict[str, float], modules: int, shapes: str, device: str = "cpu",
+    base_dtype: torch.dtype = torch.float32,
+) -> int:  # fmt: skip
     step, step_text = step_seconds()
     budget = step * INTERVAL
-    print(f"threads: {torch.get_num_threads()} (torch), shapes: {shapes}, {modules} LoRA modules, r = {RANK}")
+    where = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {where}; base weights {str(base_dtype).removeprefix('torch.')}; shapes: {shapes}, {modules} LoRA "
+          f"modules, r = {RANK}")  # fmt: skip
     print(f"7B optimizer step (modelled): {step_text}")
     print(
         f"budget at the default interval ({INTERVAL} steps): {TARGET:.0%} of {budget:.1f} s = {TARGET * budget:.3f} s"
@@ -258,15 +275,16 @@ def report(results: dict[str, dict], extra: dict[str, float], modules: int, shap
             f"{name:<25}{row['tags']:>7}{row['histograms']:>6}{row['bytes'] / 1e3:>13.1f}{per_1000:>15.2f}"
             f"{row['figures']:>9}{row['figures_s']:>8.2f}{row['figure_bytes'] / 1e3:>8.0f}"
         )
-    intruders = LoRAIntruderMonitor()
-    passes = 2 * intruders.niter + 2
-    weight_bytes = 2 * sum(out * inp for out, inp in QWEN25_7B.values()) * 28  # the adapted bf16 weights of 7B
-    lower = passes * weight_bytes / (BANDWIDTH_GBS * 1e9)
-    print(
-        f"intruder monitor on an {PEAK_LABEL} (modelled, not measured): {passes} passes over the {weight_bytes / 1e9:.2f} GB "
-        f"of adapted bf16 weights at {BANDWIDTH_GBS:g} GB/s take at least {lower * 1e3:.0f} ms per interval "
-        f"({lower / budget:.3%} of the budget); the per-module QR and SVD of q-column blocks are not in this bound"
-    )
+    if device == "cpu":  # on a GPU the intruder monitor was measured above
+        passes = 2 * LoRAIntruderMonitor().niter + 2
+        weight_bytes = 2 * sum(out * inp for out, inp in QWEN25_7B.values()) * 28  # the adapted bf16 weights of 7B
+        lower = passes * weight_bytes / (BANDWIDTH_GBS * 1e9)
+        print(
+            f"intruder monitor on an {PEAK_LABEL} (modelled, not measured): {passes} passes over the "
+            f"{weight_bytes / 1e9:.2f} GB of adapted bf16 weights at {BANDWIDTH_GBS:g} GB/s take at least "
+            f"{lower * 1e3:.0f} ms per interval ({lower / budget:.3%} of the budget); the per-module QR and SVD of "
+            "q-column blocks are not in this bound"
+        )
     print()
     print(f"event file growth per 1,000 steps at interval {INTERVAL}, all three monitors: {growth:.2f} MB "
           "(plus the figures once per validation)")  # fmt: skip
@@ -282,11 +300,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", choices=sorted(SHAPES), default="7b", help="module shapes (default: 7b)")
     parser.add_argument("--layers", type=int, default=28, help="decoder layers (default: 28, as Qwen2.5-7B)")
     parser.add_argument("--repeat", type=int, default=3, help="measurements per monitor, best taken (default: 3)")
+    parser.add_argument("--device", default="cpu", help="where the layers live: cpu (default) or cuda")
+    parser.add_argument(
+        "--base-dtype", choices=["float32", "bfloat16"], default=None,
+        help="dtype of the base weights (default: float32 on cpu, bfloat16 on cuda, as a bf16 7B run holds them)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.layers < 1 or args.repeat < 1:
         parser.error("--layers and --repeat must be >= 1")
-    results, extra = run(args.shapes, args.layers, args.repeat)
-    return report(results, extra, args.layers * len(SHAPES[args.shapes]), args.shapes)
+    if args.device != "cpu" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device here")
+    base_dtype = getattr(torch, args.base_dtype or ("float32" if args.device == "cpu" else "bfloat16"))
+    results, extra = run(args.shapes, args.layers, args.repeat, args.device, base_dtype)
+    modules = args.layers * len(SHAPES[args.shapes])
+    return report(results, extra, modules, args.shapes, args.device, base_dtype)
 
 
 if __name__ == "__main__":
