@@ -231,3 +231,30 @@ def sketch_rank(rank: int, world: int, store: str, out: str) -> None:
         torch.save({name: svd.S for name, svd in estimate.svds.items()}, f"{out}.S.{rank}")
     finally:
         dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------------ matrices and files
+def orthonormal(rows: int, cols: int, seed: int | torch.Generator) -> torch.Tensor:
+    """A rows×cols float64 matrix with orthonormal columns (QR of a Gaussian draw from ``seed`` or a generator)."""
+    gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+    return torch.linalg.qr(torch.randn(rows, cols, generator=gen, dtype=torch.float64)).Q.contiguous()
+
+
+def svd_form(m: int, n: int, s: list[float], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, A) = (U·diag(S), Vᵀ) in float32, as load_factors gives an SVD-form file (rounded U, V)."""
+    gen = torch.Generator().manual_seed(seed)
+    U, V = orthonormal(m, len(s), gen), orthonormal(n, len(s), gen)
+    return (U * torch.tensor(s, dtype=torch.float64)).float(), V.T.contiguous().float()
+
+
+def random_lora(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian LoRA factors (B m×k, A k×n scaled by 1/√n), float32."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen) / n**0.5
+
+
+def pickled_delta(tmp_path: Path) -> Path:
+    """A ``delta.pth`` pickle holding LoRA-like tensors: what the tools refuse to read."""
+    path = tmp_path / "delta.pth"
+    torch.save({"m.lora_A": torch.ones(2, 3), "m.lora_B": torch.ones(4, 2)}, path)
+    return path

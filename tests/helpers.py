@@ -1,7 +1,11 @@
-"""Small shared pieces for the tests: a seeded tiny fit, a TensorBoard scalar reader, a teacher factor file."""
+"""Small shared pieces for the tests: a seeded tiny fit, a TensorBoard scalar reader, a teacher factor file, a check
+of a tool's ``--help``."""
 
 from __future__ import annotations
 
+import inspect
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +62,27 @@ def teacher_file(tmp_path: Path, rank: int, seed: int = 0) -> tuple[Path, dict[s
             factors[f"model.layers.{layer}.{block}.{target}"] = (B, A)
     path = save_factors(tmp_path / f"teacher_rank{rank}.safetensors", factors)
     return path, factors
+
+
+def squeezed(text: str) -> str:
+    """``text`` without whitespace: help output wraps lines wherever the terminal width falls."""
+    return re.sub(r"\s", "", text)
+
+
+def assert_options_documented(
+    printed: str, function: Callable[..., Any], groups: dict[str, type] | None = None
+) -> None:
+    """The docstring of ``function`` documents exactly its parameters, in order, and ``--help`` (``printed``) shows
+    each as ``--name`` with its description; a parameter in ``groups`` is a group, shown with its title (without the
+    final period) and its class's fields as ``--name.field`` with theirs."""
+    from docstring_parser import parse
+
+    text = squeezed(printed)
+    params = parse(inspect.getdoc(function) or "").params
+    assert [p.arg_name for p in params] == list(inspect.signature(function).parameters)
+    for param in params:
+        assert f"--{param.arg_name}" in text and squeezed(param.description or "").rstrip(".") in text, param.arg_name
+        group = (groups or {}).get(param.arg_name)
+        for field in parse(inspect.getdoc(group) or "").params if group else ():
+            option = f"--{param.arg_name}.{field.arg_name}"
+            assert option in text and squeezed(field.description or "") in text, option

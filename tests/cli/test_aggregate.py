@@ -3,13 +3,12 @@ config round trip), the lines it prints, and exit code 2 with one ``svdlora: err
 
 from __future__ import annotations
 
-import inspect
 import json
-import re
 from pathlib import Path
 
 import pytest
 from builders import make_adapter, one_torch_thread  # noqa: F401 (autouse fixture)
+from helpers import assert_options_documented, squeezed
 from safetensors.torch import load_file
 
 from svdlora_pl.aggregation.merge import aggregate
@@ -38,18 +37,13 @@ def report(path: Path) -> dict:
 
 
 def test_help_lists_every_option_with_its_doc(capsys):
-    from docstring_parser import parse
 
     with pytest.raises(SystemExit) as info:
         run("--help")
     assert info.value.code == 0
-    printed = re.sub(r"\s", "", capsys.readouterr().out)
-    params = parse(inspect.getdoc(aggregate)).params
-    assert [p.arg_name for p in params] == list(inspect.signature(aggregate).parameters)
-    for param in params:
-        assert f"--{param.arg_name}" in printed, param.arg_name
-        assert re.sub(r"\s", "", param.description) in printed, param.arg_name
-    assert "ΔW=Σ_kp_ks_kB_kA_k" in printed  # the description: target and methods
+    printed = capsys.readouterr().out
+    assert_options_documented(printed, aggregate)
+    assert "ΔW=Σ_kp_ks_kB_kA_k" in squeezed(printed)  # the description: target and methods
 
 
 def test_stack_with_data_sizes_prints_what_it_wrote(clients, tmp_path, capsys):

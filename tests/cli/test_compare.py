@@ -3,13 +3,12 @@ summary printed, and bad input exiting 2 with one line and nothing written."""
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 
 import pytest
 from builders import LOSS_A, LOSS_B, make_run, write_events
-from docstring_parser import parse
+from helpers import assert_options_documented
 
 from svdlora_pl.cli import main
 from svdlora_pl.experiment.compare import compare
@@ -31,12 +30,9 @@ def test_help_lists_every_option_with_its_doc(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["compare", "--help"])
     assert exit_.value.code == 0
-    text = flat(capsys.readouterr().out)
-    docs = {param.arg_name: param.description for param in parse(inspect.getdoc(compare)).params}
-    assert set(docs) == set(inspect.signature(compare).parameters)
-    for name, doc in docs.items():
-        assert f"--{name} " in text and flat(doc) in text, name
-    assert "first step whose raw (unsmoothed) train/loss is <= the target" in text
+    text = capsys.readouterr().out
+    assert_options_documented(text, compare)
+    assert "first step whose raw (unsmoothed) train/loss is <= the target" in flat(text)
 
 
 def test_direct_command_prints_where_and_gains(runs, tmp_path, capsys):

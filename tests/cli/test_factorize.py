@@ -5,14 +5,13 @@ tests/teacher/test_factorize.py."""
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from builders import one_torch_thread  # noqa: F401 (autouse fixture)
-from docstring_parser import parse
+from builders import one_torch_thread, pickled_delta  # noqa: F401 (autouse fixture)
+from helpers import assert_options_documented
 from safetensors.torch import save_file
 
 from svdlora_pl.cli.main import main
@@ -49,14 +48,7 @@ def test_help_lists_every_option_with_its_doc(capsys):
     with pytest.raises(SystemExit) as info:
         run("--help")
     assert info.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())
-    for function, prefix in ((factorize, ""), (SVDOptions, "svd.")):
-        params = parse(inspect.getdoc(function) or "").params
-        assert {p.arg_name for p in params} == set(inspect.signature(function).parameters)
-        for param in params:
-            assert f"--{prefix}{param.arg_name}" in text, param.arg_name
-            doc = " ".join((param.description or "").split()).rstrip(".")  # a group title (svd) drops the period
-            assert doc and doc in text, param.arg_name
+    assert_options_documented(capsys.readouterr().out, factorize, {"svd": SVDOptions})
 
 
 def test_print_config_is_read_back_by_c_to_the_same_files(delta, tmp_path, capsys):
@@ -97,12 +89,6 @@ def test_full_finetune_with_nested_and_list_options(tmp_path):
     assert len(analysis["modules"]) == 8
 
 
-def _pickle(tmp_path: Path) -> Path:
-    path = tmp_path / "delta.pth"
-    torch.save({"m.lora_A": torch.ones(2, 3), "m.lora_B": torch.ones(4, 2)}, path)
-    return path
-
-
 @pytest.mark.parametrize(
     ("case", "needle"),
     [
@@ -125,7 +111,7 @@ def test_bad_input_exits_2_with_one_line_and_no_output(delta, tmp_path, capsys, 
     out = tmp_path / "out"
     args = {
         "missing file": ["--delta", tmp_path / "nope.safetensors", "--rank", 4],
-        "pickle": ["--delta", _pickle(tmp_path), "--rank", 4],
+        "pickle": ["--delta", pickled_delta(tmp_path), "--rank", 4],
         "rank 0": ["--delta", delta, "--rank", 0],
         "rank x": ["--delta", delta, "--rank", "x"],
         "both sources": ["--delta", delta, "--adapter", delta.parent, "--rank", 4],

@@ -4,12 +4,10 @@ code 2 with one ``svdlora: error:`` line for bad input, before anything starts."
 
 from __future__ import annotations
 
-import inspect
 import json
-import re
 
 import pytest
-from helpers import ROOT, read_scalars
+from helpers import ROOT, assert_options_documented, read_scalars
 
 from svdlora_pl.cli.main import main
 from svdlora_pl.federated.run import federate
@@ -23,26 +21,13 @@ QUICK = [
 ]  # fmt: skip
 
 
-def flat(text: str) -> str:
-    return re.sub(r"\s", "", text)
-
-
 def test_help_lists_every_option_with_its_doc(capsys):
-    from docstring_parser import parse
 
     with pytest.raises(SystemExit) as info:
         main(["federate", "--help"])
     assert info.value.code == 0
-    printed = flat(capsys.readouterr().out)
-    params = parse(inspect.getdoc(federate)).params
-    assert [p.arg_name for p in params] == list(inspect.signature(federate).parameters)
-    nested = {"client": ClientSettings, "split": SplitSettings, "evaluation": EvalSettings}
-    for param in params:
-        if param.arg_name in nested:  # a group: its fields are the options, documented where they are declared
-            for field in parse(inspect.getdoc(nested[param.arg_name])).params:
-                assert f"--{param.arg_name}.{field.arg_name}" in printed and flat(field.description) in printed
-        else:
-            assert f"--{param.arg_name}" in printed and flat(param.description) in printed, param.arg_name
+    groups = {"client": ClientSettings, "split": SplitSettings, "evaluation": EvalSettings}
+    assert_options_documented(capsys.readouterr().out, federate, groups)
 
 
 @pytest.mark.parametrize("shipped", SHIPPED, ids=lambda p: p.name)

@@ -4,12 +4,11 @@ with one ``svdlora: error:`` line and nothing written. The library is tested in 
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import pytest
 from builders import make_adapter, one_torch_thread  # noqa: F401 (autouse fixture)
-from docstring_parser import parse
+from helpers import assert_options_documented
 
 from svdlora_pl.cli.main import main
 from svdlora_pl.embedded.tiny import TINY_MODEL, tiny_model_dir
@@ -37,14 +36,7 @@ def test_help_lists_every_option_with_its_doc(capsys):
     with pytest.raises(SystemExit) as info:
         run("--help")
     assert info.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())
-    for function, prefix in ((synthesize, ""), (SVDOptions, "svd.")):
-        params = parse(inspect.getdoc(function) or "").params
-        assert {p.arg_name for p in params} == set(inspect.signature(function).parameters)
-        for param in params:
-            assert f"--{prefix}{param.arg_name}" in text, param.arg_name
-            doc = " ".join((param.description or "").split()).rstrip(".")  # a group title (svd) drops the period
-            assert doc and doc in text, param.arg_name
+    assert_options_documented(capsys.readouterr().out, synthesize, {"svd": SVDOptions})
 
 
 def test_print_config_is_read_back_by_c_to_the_same_files(adapter, tmp_path, capsys):

@@ -6,24 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from builders import orthonormal, random_lora, svd_form
 
 from svdlora_pl.spectral import CHOLESKY_MAX_COND, gram_svd, guarded_cholesky
-
-
-def orthonormal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
-    return torch.linalg.qr(torch.randn(rows, cols, generator=gen, dtype=torch.float64)).Q.contiguous()
-
-
-def svd_form(m: int, n: int, s: list[float], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, A) = (U·diag(S), Vᵀ) in float32, as load_factors gives an SVD-form file (rounded U, V)."""
-    gen = torch.Generator().manual_seed(seed)
-    U, V = orthonormal(m, len(s), gen), orthonormal(n, len(s), gen)
-    return (U * torch.tensor(s, dtype=torch.float64)).float(), V.T.contiguous().float()
-
-
-def random_lora(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen) / n**0.5
 
 
 def with_condition(kappa: float, rows: int = 40, k: int = 5, seed: int = 0) -> torch.Tensor:

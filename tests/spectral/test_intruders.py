@@ -5,14 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from builders import orthonormal
 from spectral.cases import F64, factors
 
 from svdlora_pl.errors import InputError
 from svdlora_pl.spectral.intruders import apply, intruder_dimensions, max_cosines, top_singular_triplets
-
-
-def orthonormal(rows: int, cols: int, seed: int) -> torch.Tensor:
-    return torch.linalg.qr(torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed), dtype=F64)).Q
 
 
 def known_weight(m: int = 40, n: int = 30):

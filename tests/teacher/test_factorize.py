@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from builders import make_adapter, one_torch_thread  # noqa: F401 (autouse fixture)
+from builders import make_adapter, one_torch_thread, orthonormal, pickled_delta, random_lora, svd_form  # noqa: F401 (autouse fixture)
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -31,10 +31,6 @@ NAMES = (
     "svd_report_rank{r}.txt",
     "svd_analysis_rank{r}.png",
 )
-
-
-def orthonormal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
-    return torch.linalg.qr(torch.randn(rows, cols, generator=gen, dtype=torch.float64)).Q.contiguous()
 
 
 @pytest.fixture(scope="module")
@@ -201,10 +197,6 @@ def test_progress_bar_for_many_modules(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- errors
-def _pickle(tmp_path: Path) -> Path:
-    path = tmp_path / "delta.pth"
-    torch.save({"m.lora_A": torch.ones(2, 3), "m.lora_B": torch.ones(4, 2)}, path)
-    return path
 
 
 @pytest.mark.parametrize(
@@ -223,7 +215,7 @@ def test_bad_input_raises_one_line_and_writes_nothing(delta, adapter, tmp_path, 
     out = tmp_path / "out"
     options = {
         "missing file": {"delta": tmp_path / "nope.safetensors", "rank": 4},
-        "pickle": {"delta": _pickle(tmp_path), "rank": 4},
+        "pickle": {"delta": pickled_delta(tmp_path), "rank": 4},
         "rank 0": {"delta": path, "rank": 0},
         "both sources": {"delta": path, "adapter": adapter, "rank": 4},
         "no source": {"rank": 4},
@@ -398,16 +390,6 @@ def test_full_finetune_bad_input_raises_one_line_and_writes_nothing(delta, adapt
 
 
 # ---------------------------------------------------------------- factorize_modules: Cholesky or Householder QR
-def svd_form(m: int, n: int, s: list[float], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, A) = (U·diag(S), Vᵀ) in float32, as load_factors gives an SVD-form file (rounded U, V)."""
-    gen = torch.Generator().manual_seed(seed)
-    U, V = orthonormal(m, len(s), gen), orthonormal(n, len(s), gen)
-    return (U * torch.tensor(s, dtype=torch.float64)).float(), V.T.contiguous().float()
-
-
-def random_lora(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen) / n**0.5
 
 
 def test_factorize_gives_the_same_factors_and_analysis_by_either_qr(monkeypatch):

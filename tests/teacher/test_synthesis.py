@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from builders import orthonormal
 
 from svdlora_pl.errors import InputError
 from svdlora_pl.lora.factor_files import load_factors, safetensors_bytes
@@ -203,11 +204,6 @@ def test_adapter_and_save_errors(tmp_path) -> None:
     with pytest.raises(InputError, match="no modules"):
         save_synthesized(tmp_path / "x.safetensors", {})
     assert not list(tmp_path.iterdir())
-
-
-def orthonormal(rows: int, cols: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.linalg.qr(torch.randn(rows, cols, generator=g, dtype=torch.float64)).Q
 
 
 @pytest.mark.parametrize(("d", "extra"), [(200, 12), (40, 8), (24, 20)])
