@@ -1,58 +1,53 @@
 """Final-answer extraction, numeric normalization and an exact-match metric.
 
-A generated solution is scored by pulling one *final answer* out of it and
-comparing that answer with the reference answer.  The rules are:
+A generated solution is scored by pulling one *final answer* out of it and comparing that answer with the reference
+answer.  The rules are:
 
 Extraction (:func:`extract_final_answer`), first rule that yields something wins:
 
-1. **Boxed.**  The content of the last complete ``\\boxed{...}`` (Qwen-Math
-   style).  Braces are matched, so ``\\boxed{\\frac{1}{6}}`` gives
-   ``\\frac{1}{6}``.  An unclosed (truncated) or empty box is ignored.
-2. **Answer phrase.**  The text after the last ``answer is`` or ``answer:``
-   (case-insensitive; ``The final answer is:`` also works), up to the end of
-   the sentence: a ``.`` followed by whitespace or the end of the text, a
-   ``!``, a ``?`` or a line break.  A ``.`` between digits is a decimal point,
-   not the end of the sentence, so ``The answer is 0.5.`` gives ``0.5``.
-   When that sentence as a whole is not a number but contains one, the last
-   number-like token in it (as in rule 3) is the answer, so ``The answer is
-   approximately 0.17.`` gives ``0.17``; a sentence with no number in it is
-   kept whole (textual answers such as ``The answer is yes.``).
-3. **Last number.**  The last number-like token in the text: an integer
-   (``-3``, ``1,000``), a decimal (``0.1667``, ``.5``), a fraction ``a/b``, a
-   percentage (``12.5%`` or ``12.5\\%``) or a LaTeX fraction
-   ``\\frac{a}{b}`` / ``\\dfrac{a}{b}`` / ``\\tfrac{a}{b}``.  A ``.`` is only a
-   decimal point when a digit follows it, so a sentence-final period is never
-   part of the token.  A leading ``-``/``+`` counts as a sign only when it is
-   directly attached to the number and does not follow a word character or a
-   closing bracket (``5-3`` yields ``3``, ``x = -3`` yields ``-3``).  Digits
-   glued to a preceding letter (``X1``) are not numbers.
+1. **Boxed.**  The content of the last complete ``\\boxed{...}`` (Qwen-Math style).  Braces are matched, so
+   ``\\boxed{\\frac{1}{6}}`` gives ``\\frac{1}{6}``.  An unclosed (truncated) or empty box is ignored.
+2. **Answer phrase.**  The text after the last ``answer is`` or ``answer:`` (case-insensitive; ``The final answer
+   is:`` also works), up to the end of the sentence: a ``.`` followed by whitespace or the end of the text, a ``!``,
+   a ``?`` or a line break.  A ``.`` between digits is a decimal point, not the end of the sentence, so ``The answer
+   is 0.5.`` gives ``0.5``.  When that sentence as a whole is not a number but contains one, the last number-like
+   token in it (as in rule 3) is the answer, so ``The answer is approximately 0.17.`` gives ``0.17``; a sentence
+   with no number in it is kept whole (textual answers such as ``The answer is yes.``).
+3. **Last number.**  The last number-like token in the text: an integer (``-3``, ``1,000``), a decimal (``0.1667``,
+   ``.5``), a fraction ``a/b``, a percentage (``12.5%`` or ``12.5\\%``) or a LaTeX fraction ``\\frac{a}{b}`` /
+   ``\\dfrac{a}{b}`` / ``\\tfrac{a}{b}``.  A ``.`` is only a decimal point when a digit follows it, so a
+   sentence-final period is never part of the token.  A leading ``-``/``+`` counts as a sign only when it is
+   directly attached to the number and does not follow a word character or a closing bracket (``5-3`` yields
+   ``3``, ``x = -3`` yields ``-3``).  Digits glued to a preceding letter (``X1``) are not numbers.
 
    If nothing is found, the result is ``None``.
 
-Numbers (:func:`parse_number`) are parsed to an exact :class:`fractions.Fraction`
-after removing surrounding whitespace, ``$...$`` / ``$$...$$`` / ``\\(...\\)`` /
-``\\[...\\]`` math delimiters, LaTeX spacing commands (``\\,`` ``\\;`` ``\\!``),
-the LaTeX thousands separator ``{,}`` and one trailing period.  Accepted
-forms, each optionally signed (``-``, ``+`` or the Unicode minus ``−``):
-integers with optional ``,`` thousands separators in groups of three
-(``1,000``; ``1,5`` is rejected), decimals, ``a/b``, LaTeX fractions whose
-numerator and denominator are themselves plain numbers, and percentages
-(``12.5%`` is ``1/8``).  A zero denominator or anything else gives ``None``.
+Numbers (:func:`parse_number`) are parsed to an exact :class:`fractions.Fraction` after removing surrounding
+whitespace, ``$...$`` / ``$$...$$`` / ``\\(...\\)`` / ``\\[...\\]`` math delimiters, LaTeX spacing commands (``\\,``
+``\\;`` ``\\!``), the LaTeX thousands separator ``{,}`` and one trailing period.  Accepted forms, each optionally
+signed (``-``, ``+`` or the Unicode minus ``−``): integers with optional ``,`` thousands separators in groups of
+three (``1,000``; ``1,5`` is rejected), decimals, ``a/b``, LaTeX fractions whose numerator and denominator are
+themselves plain numbers, and percentages (``12.5%`` is ``1/8``).  A zero denominator or anything else gives
+``None``.
 
-Matching (:func:`answers_match`) extracts the final answer from both the
-prediction and the reference (so the reference may be a worked solution or a
-bare answer; a text with no extractable answer is used whole), then:
+Matching (:func:`answers_match`) extracts the final answer from both the prediction and the reference (so the
+reference may be a worked solution or a bare answer; a text with no extractable answer is used whole).  The pair
+matches when **either** of two rules says so:
 
-* if both parse as numbers, they match when the values are exactly equal, or
-  when the prediction was written as a decimal or percentage with ``d >= 2``
-  decimal places *of the value* (``0.17`` has 2, ``33%`` = 0.33 has 2,
-  ``16.7%`` = 0.167 has 3) and the reference rounded to ``d`` places (half
-  away from zero) equals the prediction.  So ``0.167`` and ``16.7%`` match
-  ``1/6``, but ``0.2`` does not: one-place decimals must be exact;
-* otherwise the answers are compared as strings after normalization: math
-  delimiters removed, lower-cased, runs of whitespace collapsed to one space,
-  surrounding whitespace and one trailing period removed.  Empty answers never
-  match.
+* **The package's rule.**  If both answers parse as numbers, they match when the values are exactly equal, or when
+  the prediction was written as a decimal or percentage with ``d >= 2`` decimal places *of the value* (``0.17`` has
+  2, ``33%`` = 0.33 has 2, ``16.7%`` = 0.167 has 3) and the reference rounded to ``d`` places (half away from zero)
+  equals the prediction.  So ``0.167`` and ``16.7%`` match ``1/6``, but ``0.2`` does not: one-place decimals must
+  be exact.  Otherwise the answers are compared as strings after normalization: math delimiters removed,
+  lower-cased, runs of whitespace collapsed to one space, surrounding whitespace and one trailing period removed.
+  Empty answers never match.
+* **math-verify.**  Hugging Face's LaTeX-aware symbolic checker finds them equal.  It reads the reference's final
+  answer as ``\\boxed{answer}`` and, of the prediction, the last complete box, else the sentence after the last
+  ``answer is`` / ``answer:``, else the whole text; so ``\\boxed{2^{-3}}``, ``\\boxed{\\left(\\frac{1}{2}\\right)^3}``
+  and ``\\boxed{\\frac{1}{8} = 0.125}`` match ``1/8``.  It compares decimals to 6 places, without the rounding rule.
+  It is imported on the first match, not with this module.  Its ``SIGALRM`` time limit (a few seconds a parse or
+  comparison) is used in the main thread only; other threads run without one.  An error, a time-out or a missing
+  ``math_verify`` package means "no match by math-verify": matching never raises.
 
 :class:`AnswerExactMatch` accumulates the fraction of matching pairs as a
 :mod:`torchmetrics` metric.
@@ -60,16 +55,22 @@ bare answer; a text with no extractable answer is used whole), then:
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cache
 from typing import Any
 
 import torch
 from torchmetrics import Metric
 
 __all__ = ["AnswerExactMatch", "answers_match", "extract_final_answer", "parse_number"]
+
+logger = logging.getLogger(__name__)
+_MATH_VERIFY_TIMEOUT_S = 5  # seconds a math-verify parse or comparison may take (main thread only)
 
 # --- regex building blocks (each defined once, composed below) -------------
 
@@ -127,19 +128,24 @@ def _boxed_content(text: str) -> str | None:
     return None
 
 
+def _answer_sentence(text: str) -> str | None:
+    """The sentence following the last non-empty ``answer is`` / ``answer:``."""
+    for match in reversed(list(_ANSWER_PHRASE_RE.finditer(text))):
+        if match.group("answer"):
+            return match.group("answer")
+    return None
+
+
 def _answer_phrase_content(text: str) -> str | None:
     """Sentence following the last non-empty ``answer is`` / ``answer:``.
 
     A sentence that does not parse as a number gives its last number-like token
     instead ("approximately 0.17" -> "0.17"), or itself when it holds none.
     """
-    for match in reversed(list(_ANSWER_PHRASE_RE.finditer(text))):
-        answer = match.group("answer")
-        if answer:
-            if _parse(answer) is not None:
-                return answer
-            return _last_number_token(answer) or answer
-    return None
+    answer = _answer_sentence(text)
+    if answer is None or _parse(answer) is not None:
+        return answer
+    return _last_number_token(answer) or answer
 
 
 def _last_number_token(text: str) -> str | None:
@@ -272,8 +278,61 @@ def _normalize_text(text: str) -> str:
     return text.removesuffix(".").strip()
 
 
+def _package_rule_match(predicted: str, expected: str) -> bool:
+    """The package's own rule on two extracted answers: numbers with rounding, else normalized strings."""
+    predicted_number, expected_number = _parse(predicted), _parse(expected)
+    if predicted_number is not None and expected_number is not None:
+        return _numbers_match(predicted_number, expected_number)
+    predicted_text, expected_text = _normalize_text(predicted), _normalize_text(expected)
+    return bool(predicted_text) and predicted_text == expected_text
+
+
+_MathVerify = tuple[Callable[..., list[Any]], Callable[..., bool], type[BaseException]]
+
+
+@cache
+def _math_verify() -> _MathVerify | None:
+    """``(parse, verify, TimeoutException)`` of math-verify, imported on first use; ``None`` if it is missing."""
+    try:
+        from math_verify import parse, verify
+        from math_verify.errors import TimeoutException
+    except ImportError:
+        logger.warning("math-verify is not installed: answers are matched with the package's own rule only")
+        return None
+    return parse, verify, TimeoutException
+
+
+def _math_verify_span(prediction: str) -> str:
+    """The part of a generated solution math-verify reads: last box, else answer sentence, else all of it."""
+    boxed = _boxed_content(prediction)
+    if boxed is not None:
+        return rf"\boxed{{{boxed}}}"
+    return _answer_sentence(prediction) or prediction
+
+
+def _math_verify_match(prediction: str, expected: str) -> bool:
+    """Whether math-verify finds the prediction equal to the reference's final answer; ``False`` on any failure."""
+    span, gold_text = _math_verify_span(prediction).strip(), _strip_math_delimiters(expected)
+    loaded = _math_verify() if span and gold_text else None
+    if loaded is None:
+        return False
+    parse, verify, timeout_error = loaded
+    # math-verify times out with signal.alarm, which only the main thread may use.
+    timeout = _MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    try:
+        gold = parse(rf"\boxed{{{gold_text}}}", parsing_timeout=timeout, raise_on_error=False)
+        answer = parse(span, parsing_timeout=timeout, raise_on_error=False) if gold else []
+        return bool(answer) and bool(verify(gold, answer, timeout_seconds=timeout, raise_on_error=False))
+    except (Exception, timeout_error):  # a checker failure is "no match", never an error
+        logger.debug("math-verify failed on %r vs %r", span, gold_text, exc_info=True)
+        return False
+
+
 def answers_match(prediction: str, reference: str) -> bool:
     """Whether a generated solution's final answer matches the reference.
+
+    True when the package's rule (exact value, decimals rounded to the digits written, or normalized text) or
+    math-verify says the answers are equal; see the module docstring.
 
     >>> answers_match(r"... so the probability is \\boxed{\\frac{1}{2}}", "0.5")
     True
@@ -281,14 +340,12 @@ def answers_match(prediction: str, reference: str) -> bool:
     True
     >>> answers_match("The answer is 0.2.", "1/6")
     False
+    >>> answers_match(r"The answer is $\\boxed{2^{-3}}$.", "The answer is 1/8.")
+    True
     """
     predicted = extract_final_answer(prediction) or prediction
     expected = extract_final_answer(reference) or reference
-    predicted_number, expected_number = _parse(predicted), _parse(expected)
-    if predicted_number is not None and expected_number is not None:
-        return _numbers_match(predicted_number, expected_number)
-    predicted_text, expected_text = _normalize_text(predicted), _normalize_text(expected)
-    return bool(predicted_text) and predicted_text == expected_text
+    return _package_rule_match(predicted, expected) or _math_verify_match(prediction, expected)
 
 
 # --- metric ---------------------------------------------------------------

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import doctest
+import subprocess
+import sys
+import threading
 from fractions import Fraction
 
 import pytest
@@ -126,6 +129,79 @@ def test_parse_number(text: str, expected: Fraction | None) -> None:
 )
 def test_answers_match(prediction: str, reference: str, expected: bool) -> None:
     assert answers_match(prediction, reference) is expected
+
+
+# Realistic generated solutions (Qwen2.5-Math style, chat text, plain prose) against bundled-style references: both
+# rules of answers_match, math-verify (symbolic LaTeX) and the package's rounding rule, with negatives for each.
+_REFERENCE_1_6 = "Of the 36 equally likely outcomes for two dice, 6 have sum 7, so 6/36 = 1/6. The answer is 1/6."
+_GENERATED = [
+    # math-verify: symbolic LaTeX the package's own parser cannot read
+    (
+        "We draw 2 of the 52 cards; 4 of the C(52,2) pairs... wait, C(4,2) = 6 pairs are both aces.\n"
+        r"So the probability is $\boxed{\frac{\binom{4}{2}}{\binom{52}{2}}}$.",
+        "The probability is 4/52 * 3/51 = 12/2652 = 1/221. The answer is 1/221.",
+        True,
+    ),
+    (r"Each flip is heads with probability $\frac{1}{2}$, so three heads: $\boxed{2^{-3}}$.", "1/8", True),
+    (r"The answer is \boxed{\left(\frac{1}{2}\right)^3}.", "1/8", True),
+    (r"Half of the outcomes are even, so the probability is \boxed{\frac{1}{2} = 0.5}.", "1/2", True),
+    (r"By the complement rule, $P = \boxed{1 - \frac{5}{6}}$.", _REFERENCE_1_6, True),
+    (r"The answer is $\left(\frac{1}{2}\right)^3$.", "The answer is 1/8.", True),
+    (
+        "assistant\nThe die is fair, so $P(6) = \\frac{1}{6}$.\nThe final answer is $\\frac{1}{6}$.",
+        r"\frac{1}{6}",
+        True,
+    ),
+    (r"There are 10 of 32 sequences: $\boxed{\dfrac{10}{32}}$", "5/16", True),
+    # the package's rounding rule, which math-verify lacks (it compares decimals to 6 places)
+    ("The probability is 1/6, which is approximately 0.167.", _REFERENCE_1_6, True),
+    (r"So the chance is about $16.67\%$.", _REFERENCE_1_6, True),
+    (r"Therefore the probability is $\boxed{0.1667}$.", "1/6", True),
+    ("The answer is approximately 0.17.", r"\frac{1}{6}", True),  # two places are enough
+    (r"It is 12.5\%, i.e. \boxed{12.5\%}", "1/8", True),
+    # negatives
+    (r"Only one face of seven counts: $\boxed{\frac{1}{7}}$.", "1/6", False),
+    (r"Two independent halves: \boxed{2^{-2}}", "1/8", False),
+    ("The answer is roughly 0.2.", _REFERENCE_1_6, False),  # one place must be exact
+    ("So the probability is about 0.16.", "1/6", False),
+    (r"\boxed{16\%}", "1/6", False),
+    (r"The answer is \boxed{\frac{1}{6}}", "0.17", False),  # rounding applies to the prediction only
+    ("I am not sure how to solve this problem.", "1/6", False),
+    ("", "1/6", False),
+    (r"The answer is \boxed{}", "1/6", False),
+]
+
+
+@pytest.mark.parametrize(("prediction", "reference", "expected"), _GENERATED)
+def test_answers_match_generated_solutions(prediction: str, reference: str, expected: bool) -> None:
+    assert answers_match(prediction, reference) is expected
+
+
+def test_math_verify_works_outside_the_main_thread() -> None:
+    # math-verify's SIGALRM time limit would raise there; it must run without one instead.
+    results: list[bool] = []
+    worker = threading.Thread(target=lambda: results.append(answers_match(r"\boxed{2^{-3}}", "1/8")))
+    worker.start()
+    worker.join()
+    assert results == [True]
+
+
+def test_math_verify_failure_falls_back_to_the_package_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> list[object]:
+        raise RuntimeError("checker bug")
+
+    monkeypatch.setattr(answers, "_math_verify", lambda: (broken, broken, RuntimeError))
+    assert answers_match(r"\boxed{2^{-3}}", "1/8") is False
+    assert answers_match(r"\boxed{0.125}", "1/8") is True
+    monkeypatch.setattr(answers, "_math_verify", lambda: None)  # math-verify not installed
+    assert answers_match(r"\boxed{2^{-3}}", "1/8") is False
+    assert answers_match(r"\boxed{0.167}", "1/6") is True
+
+
+def test_import_does_not_load_math_verify() -> None:
+    code = "import sys, svdlora_pl.training.answers; print('math_verify' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
 
 
 def test_metric_accumulates_across_updates_and_resets() -> None:
