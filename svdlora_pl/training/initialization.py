@@ -1,9 +1,9 @@
 """Data-driven LoRA initialization inside a fit: the training batches an initializer sees, and the starting factors a
 residual scheme leaves in checkpoints.
 
-``QwenLoRAModule`` calls :func:`initialize_from_data` at the start of a fresh fit when its initializer
-``needs_data`` (e.g. ``GradientSVDInit``): after ``configure_model``, before the step-0 validation and the first
-optimizer step. A residual data-driven scheme (LoRA-GA) rewrote the frozen base from data no checkpoint holds, so its
+``QwenLoRAModule`` calls :func:`initialize_at_fit_start` at the start of a fresh LoRA fit, after ``configure_model``
+and before the step-0 validation and the first optimizer step: it runs a data-driven initializer's pass (e.g.
+``GradientSVDInit``) and logs what the initialization cost. A residual data-driven scheme (LoRA-GA) rewrote the frozen base from data no checkpoint holds, so its
 starting factors B₀, A₀ travel in every checkpoint (:func:`save_initial_factors`) and rebuild that base when a run is
 resumed or loaded (:func:`restore_initial_factors`).
 """
@@ -71,13 +71,22 @@ def broadcast_from_rank_zero(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def initialize_from_data(module: QwenLoRAModule) -> None:
-    """Run the initializer's data pass; log what it cost (``weights/init/*`` at step 0) and keep a residual's start."""
+def initialize_at_fit_start(module: QwenLoRAModule) -> None:
+    """Run a data-driven initializer's pass and keep a residual's start; log what the initialization cost
+    (``weights/init/*`` at step 0: a data-free initializer's seconds are those of ``configure_model``'s LoRA set-up)."""
+    if not module.initializer.needs_data:
+        log_initialization_cost(module, {"forward_backward_passes": 0.0, "seconds": module.init_seconds})
+        return
     cost = module.initializer.initialize_with_data(module.model, ADAPTER_NAME, training_batches(module))
     if module.initializer.modifies_base:
         module.initial_factors = snapshot_factors(module.model, ADAPTER_NAME)
     if module.trainer.is_global_zero:
         log.info("%s: %s", type(module.initializer).__name__, ", ".join(f"{k} {v:.4g}" for k, v in cost.items()))
+    log_initialization_cost(module, cost)
+
+
+def log_initialization_cost(module: QwenLoRAModule, cost: dict[str, float]) -> None:
+    """Log what the initialization cost under ``weights/init/`` at step 0 (every initializer: the study's budget)."""
     for logger in module.loggers:
         logger.log_metrics({f"weights/init/{key}": value for key, value in cost.items()}, step=0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from svdlora_pl.lora.residual import InitialFactors, save_base_relative_adapter,
 from svdlora_pl.lora.settings import ADAPTER_NAME, LoRASettings, wrap_with_lora
 from svdlora_pl.schedules import ScheduleKind, warmup_schedule
 from svdlora_pl.training.answers import answers_match, extract_final_answer
-from svdlora_pl.training.initialization import initialize_from_data, restore_initial_factors, save_initial_factors
+from svdlora_pl.training.initialization import initialize_at_fit_start, restore_initial_factors, save_initial_factors
 from svdlora_pl.training.loading import DType, load_causal_lm, load_tokenizer
 from svdlora_pl.training.losses import chunked_cross_entropy, supervised_positions
 from svdlora_pl.training.metrics import EvalMetrics
@@ -115,6 +116,7 @@ class QwenLoRAModule(pl.LightningModule):
         self.strict_loading = False  # checkpoints carry only the trainable tensors
 
         self.model: torch.nn.Module | None = None  # built by configure_model
+        self.init_seconds = 0.0  # wall time of adding the LoRA layers and the data-free initializer
         self.initial_factors: InitialFactors | None = None
         self._tokenizer: Any = None
         self.val_metrics = EvalMetrics()
@@ -149,7 +151,9 @@ class QwenLoRAModule(pl.LightningModule):
         if self.lora_settings is None:
             self.model = base.requires_grad_(True)
         else:
+            start = time.perf_counter()
             self.model = wrap_with_lora(base, self.lora_settings, self.initializer, hp.model_name_or_path)
+            self.init_seconds = time.perf_counter() - start
         if hp.compile:
             for layer in base.get_decoder().layers:
                 layer.compile()
@@ -166,8 +170,8 @@ class QwenLoRAModule(pl.LightningModule):
     def on_train_start(self) -> None:
         if self.trainer.global_step > 0:  # resumed: the checkpoint holds the factors (and a residual's start)
             return
-        if self.lora_settings is not None and self.initializer.needs_data:
-            initialize_from_data(self)
+        if self.lora_settings is not None:
+            initialize_at_fit_start(self)
         if self.hparams.initial_eval:
             self.log_initial_eval()
 
