@@ -54,7 +54,7 @@ def csv_name(label: str) -> str:
     return f"training_log_{file_label(label)}.csv"
 
 
-def _cell(name: str, value: Any) -> str:
+def format_cell(name: str, value: Any) -> str:
     if value is None:
         return "n/a"
     if name == "steps_to_target":
@@ -62,7 +62,7 @@ def _cell(name: str, value: Any) -> str:
     return f"{value:.4f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def text_table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def fmt(row: list[str]) -> str:
@@ -83,10 +83,10 @@ def format_report(comparison: dict[str, Any]) -> str:
     for name, title in ROWS:
         if name == "steps_to_target":
             title = f"{title} (<= {target['value']:.4f})"
-        values = [_cell(name, r["metrics"][name]) for r in runs]
+        values = [format_cell(name, r["metrics"][name]) for r in runs]
         gains = [comparison["improvement_pct"][r["label"]][name] for r in runs[1:]]
         rows.append([title, *values, *("n/a" if g is None else f"{g:+.2f}%" for g in gains)])
-    lines = ["Training run comparison", "=" * 23, "", *_table(header, rows), ""]
+    lines = ["Training run comparison", "=" * 23, "", *text_table(header, rows), ""]
     lines += [f"Target loss: {target['value']:.6g} ({target['source']})."]
     lines += [f"- {key}: {text}" for key, text in comparison["definitions"].items()]
     lines += ["", "Logged points:"]

@@ -15,8 +15,9 @@ from helpers import ROOT
 
 from svdlora_pl.cli import main
 from svdlora_pl.cli.experiment import parse
-from svdlora_pl.experiment.config import ExperimentConfig
-from svdlora_pl.experiment.runner import Layout, StepFailed, fit_command
+from svdlora_pl.experiment.config import RUN_OPTIONS, ExperimentConfig
+from svdlora_pl.experiment.plan import Fit, Layout, arm_fits, teacher_fits
+from svdlora_pl.experiment.runner import StudyRun
 
 SHIPPED = sorted((ROOT / "configs/experiment").glob("*.yaml"))
 
@@ -43,15 +44,16 @@ def test_help_lists_every_field_with_its_doc(capsys):
     assert exit_.value.code == 0
     text = flat(capsys.readouterr().out)
     fields = documented_fields(ExperimentConfig)
-    assert len(fields) == 26 and "full_finetune.svd" in fields and "gradient.oversample" in fields
-    for name, doc in {**fields, "force": "Redo every step, even those whose output is complete."}.items():
+    assert len(fields) == 29 and "full_finetune.svd" in fields and "gradient.oversample" in fields
+    assert {"arms", "seeds", "lr_grid"} <= set(fields)
+    for name, doc in {**fields, **{name: help_ for name, (_, _, help_) in RUN_OPTIONS.items()}}.items():
         assert f"--{name} " in text and flat(doc) in text, name
-    assert "rerunning resumes an interrupted experiment" in text
+    assert "rerunning resumes an interrupted study" in text
 
 
-def test_shipped_configs_are_three():
+def test_shipped_configs_are_five():
     assert {p.name for p in SHIPPED} == {
-        "tiny.yaml", "tiny_full_finetune.yaml", "tiny_gradient.yaml", "qwen2.5-math-7b-32gb.yaml",
+        "tiny.yaml", "tiny_full_finetune.yaml", "tiny_gradient.yaml", "tiny_study.yaml", "qwen2.5-math-7b-32gb.yaml",
     }  # fmt: skip
 
 
@@ -59,8 +61,9 @@ def test_shipped_configs_are_three():
 def test_shipped_config_parses_and_print_config_round_trips(shipped, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)  # their fit_config paths are relative to the repository root
     args = ["-c", str(shipped), "--output_dir", str(tmp_path / "out")]
-    config, force = parse(args)
-    assert force is False and config.output_dir == tmp_path / "out"
+    config, run = parse(args)
+    assert run == {name: default for name, (_, default, _) in RUN_OPTIONS.items()}
+    assert config.output_dir == tmp_path / "out"
     assert config.fit_config.is_file() and config.teacher_rank() >= config.lora.r
     assert config == dataclasses.replace(parse(["-c", str(shipped)])[0], output_dir=tmp_path / "out")
     with pytest.raises(SystemExit) as exit_:
@@ -68,54 +71,61 @@ def test_shipped_config_parses_and_print_config_round_trips(shipped, tmp_path, c
     assert exit_.value.code == 0
     saved = tmp_path / "experiment.yaml"
     saved.write_text(capsys.readouterr().out, encoding="utf-8")
-    assert parse(["-c", str(saved)]) == (config, False)
+    assert parse(["-c", str(saved)]) == (config, run)
     assert not (tmp_path / "out").exists()
+
+
+def one_fit_per_kind(layout: Layout) -> list[Fit]:
+    """The teachers' fits and each arm's first fit (the others differ from it only in lr and seed)."""
+    firsts = {fit.arm: fit for fit in reversed(arm_fits(layout))}
+    return list({fit.key: fit for fit in [*teacher_fits(layout).values(), *firsts.values()]}.values())
 
 
 @pytest.mark.parametrize("shipped", SHIPPED, ids=lambda p: p.name)
 def test_every_fit_of_a_shipped_config_parses_as_svdlora_fit(shipped, tmp_path, capsys, monkeypatch):
-    """The fits the experiment launches: its fit_config with the experiment's arguments, through `svdlora fit`."""
+    """The fits the study launches: its fit_config with the study's arguments, through `svdlora fit`."""
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr("sys.argv", ["svdlora"])  # LightningCLI warns when given args beside pytest's argv
     config, _ = parse(["-c", str(shipped), "--output_dir", str(tmp_path)])
     layout = Layout(config)
-    fits = ["random", "svd", "full_finetune"] if config.teacher == "full_finetune" else ["random", "svd"]
-    for name in fits:
-        command = fit_command(layout, name)
+    fits = arm_fits(layout)
+    assert len(fits) == sum(len(config.arm_grid(arm)) for arm in config.study_arms()) * len(config.seed_list())
+    for fit in fits:
+        assert f"--model.optimizer.init_args.lr={fit.lr}" in fit.args and f"--data.seed={fit.seed}" in fit.args
+    for fit in one_fit_per_kind(layout):
+        command = fit.command()
         assert command[3] == "fit"
         with pytest.raises(SystemExit) as exit_:
             main([*command[3:], "--print_config"])
-        assert exit_.value.code == 0, name
-        fit = yaml.safe_load(capsys.readouterr().out)
-        assert fit["trainer"]["default_root_dir"] == str(layout.run_root(name))
-        assert fit["trainer"]["max_epochs"] == (
-            config.full_finetune.epochs if name == "full_finetune" else config.epochs
-        )
-        callbacks = [c["class_path"] for c in fit["trainer"].get("callbacks") or []]
-        if name == "full_finetune":
-            assert fit["model"]["lora"] is None
-            assert fit["model"]["optimizer"]["init_args"]["lr"] == config.full_finetune.lr
+        assert exit_.value.code == 0, fit.key
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed["trainer"]["default_root_dir"] == str(layout.run_root(fit.key)) == str(fit.root)
+        assert printed["seed_everything"] == printed["data"]["seed"] == fit.seed
+        callbacks = [c["class_path"] for c in printed["trainer"].get("callbacks") or []]
+        if fit.key == "teacher_full_finetune":
+            assert printed["model"]["lora"] is None and printed["trainer"]["max_epochs"] == config.full_finetune.epochs
+            assert printed["model"]["optimizer"]["init_args"]["lr"] == config.full_finetune.lr
             continue
-        assert (fit["model"]["lora"]["r"], fit["model"]["lora"]["alpha"]) == (config.lora.r, config.lora.alpha)
-        assert fit["model"]["optimizer"]["init_args"]["lr"] == config.lr
-        if name == "random":
+        arm = config.arm(fit.arm) if fit.arm else None
+        budget = config.teacher_epochs(config.arm(arm.budget_of).teacher) if arm and arm.budget_of else 0
+        assert printed["trainer"]["max_epochs"] == config.epochs + budget
+        lora = printed["model"]["lora"]
+        assert (lora["r"], lora["alpha"]) == (config.lora.r, config.lora.alpha)
+        assert printed["model"]["optimizer"]["init_args"]["lr"] == fit.lr
+        initializer = printed["model"]["initializer"]
+        if arm is not None:
+            assert initializer["class_path"] == arm.class_path
+            assert arm.init_args.items() <= initializer["init_args"].items()
+        if fit.teacher is None:
             assert callbacks[-1:] == ["svdlora_pl.callbacks.LoRASpectrumMonitor"]
-        elif config.teacher == "gradient":  # the fit takes its own teacher: no factor file, no alignment monitor
-            initializer = fit["model"]["initializer"]
-            assert initializer["class_path"].endswith("GradientSVDInit")
-            assert initializer["init_args"] == {**dataclasses.asdict(config.gradient), "seed": 0}
-            assert callbacks[-1:] == ["svdlora_pl.callbacks.LoRASpectrumMonitor"]
-        else:
-            initializer = fit["model"]["initializer"]
-            assert initializer["class_path"] == "svdlora_pl.initializers.SVDTeacherInit"
-            assert initializer["init_args"]["factors"] == str(layout.factors)
-            assert initializer["init_args"]["mode"] == config.svd_init.mode
-            assert callbacks[-2:] == [
-                "svdlora_pl.callbacks.LoRASpectrumMonitor",
-                "svdlora_pl.callbacks.TeacherAlignmentMonitor",
-            ]
-            alignment = fit["trainer"]["callbacks"][-1]["init_args"]
-            assert alignment["every_n_steps"] == config.monitor_every_n_steps
+            continue
+        assert initializer["init_args"]["factors"] == str(layout.factors(fit.teacher))
+        assert callbacks[-2:] == [
+            "svdlora_pl.callbacks.LoRASpectrumMonitor",
+            "svdlora_pl.callbacks.TeacherAlignmentMonitor",
+        ]
+        alignment = printed["trainer"]["callbacks"][-1]["init_args"]
+        assert alignment["every_n_steps"] == config.monitor_every_n_steps
 
 
 def bad_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
@@ -164,16 +174,20 @@ def test_bad_input_exits_2_one_line_nothing_written(case, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_force_reaches_the_runner(tmp_path, monkeypatch, capsys):
+def test_run_options_reach_the_runner_and_a_failed_fit_exits_1(tmp_path, monkeypatch, capsys):
     calls = []
 
-    def fake_run(config: ExperimentConfig, force: bool = False) -> Layout:
-        calls.append((config.output_dir, force))
-        raise StepFailed("fit_random", 3)
+    def fake_run(config: ExperimentConfig, **options: object) -> StudyRun:
+        calls.append((config.output_dir, options))
+        return StudyRun(Layout(config), {"random/lr0.003-seed0": "failed: exit code 3", "svd/lr0.003-seed0": "done"})
 
     monkeypatch.setattr("svdlora_pl.experiment.runner.run_experiment", fake_run)
     base = ["--fit_config", str(ROOT / "configs/tiny.yaml"), "--output_dir", str(tmp_path / "out")]
-    assert main(["experiment", *base, "--force", "true"]) == 3
-    assert main(["experiment", *base]) == 3
-    assert calls == [(tmp_path / "out", True), (tmp_path / "out", False)]
-    assert "step fit_random failed (exit code 3); rerun the same command to resume" in capsys.readouterr().out
+    assert main(["experiment", *base, "--force", "true", "--jobs", "3"]) == 1
+    assert main(["experiment", *base, "--dry_run", "true"]) == 0
+    assert calls == [
+        (tmp_path / "out", {"force": True, "jobs": 3, "dry_run_only": False, "report_only": False}),
+        (tmp_path / "out", {"force": False, "jobs": 1, "dry_run_only": True, "report_only": False}),
+    ]
+    printed = capsys.readouterr().out
+    assert "random/lr0.003-seed0 failed: exit code 3; rerun the same command to retry it" in printed

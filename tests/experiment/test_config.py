@@ -12,6 +12,7 @@ from helpers import ROOT
 
 from svdlora_pl.errors import InputError
 from svdlora_pl.experiment.config import (
+    ArmConfig,
     ExperimentConfig,
     FullFinetuneConfig,
     LoRAConfig,
@@ -108,3 +109,59 @@ def test_bad_files_name_the_file(tmp_path: Path) -> None:
         load_experiment_config(broken)
     with pytest.raises(InputError, match="nowhere.yaml: file not found"):
         load_experiment_config(tmp_path / "nowhere.yaml")
+
+
+def test_without_arms_the_study_is_the_two_run_experiment() -> None:
+    legacy = config()
+    assert [arm.name for arm in legacy.study_arms()] == ["random", "svd"]
+    assert legacy.seed_list() == [0] and legacy.arm_grid(legacy.study_arms()[0]) == [legacy.lr]
+    svd = legacy.study_arms()[1]
+    assert (svd.class_path, svd.init_args, svd.teacher) == (
+        "svdlora_pl.initializers.SVDTeacherInit", {"mode": "warm_start"}, "synthesized",
+    )  # fmt: skip
+    gradient = config(teacher="gradient").study_arms()[1]
+    assert gradient.class_path.endswith("GradientSVDInit") and gradient.init_args["num_batches"] == 8
+    assert config(teacher="gradient").teacher_kinds() == []
+
+
+def test_arms_seeds_and_grids() -> None:
+    arms = [
+        ArmConfig("random"),
+        ArmConfig("svd", "svdlora_pl.initializers.SVDTeacherInit", teacher="full_finetune", lr_grid=[0.01]),
+        ArmConfig("budget", budget_of="svd"),
+    ]
+    study = config(arms=arms, lr_grid=[0.001, 0.003])
+    assert study.seed_list() == [0, 1, 2]
+    assert [study.arm_grid(arm) for arm in arms] == [[0.001, 0.003], [0.01], [0.001, 0.003]]
+    assert study.teacher_kinds() == ["full_finetune"] and study.teacher_epochs("full_finetune") == 4
+    assert config(arms=arms, seeds=2).seed_list() == [0, 1] and config(arms=arms, seeds=[7, 3]).seed_list() == [7, 3]
+
+
+@pytest.mark.parametrize(
+    ("arms", "extra", "message"),
+    [
+        ([], {}, "arms: needs at least one arm"),
+        ([ArmConfig("a b")], {}, r"arms\[0\].name: 'a b' must be letters"),
+        ([ArmConfig("a"), ArmConfig("a")], {}, r"arms\[1\].name: duplicate arm name 'a'"),
+        ([ArmConfig("a", teacher="synthesized")], {}, r"arms\[0\].teacher: synthesized with .*RandomInit"),
+        ([ArmConfig("a", "svdlora_pl.initializers.SVDTeacherInit")], {}, r"arms\[0\].teacher: none with"),
+        ([ArmConfig("a", {"init_args": {}})], {}, r"arms\[0\].initializer: needs class_path"),
+        ([ArmConfig("a"), ArmConfig("b", budget_of="a")], {}, r"arms\[1\].budget_of: arm 'a' has no teacher"),
+        ([ArmConfig("a", budget_of="zz")], {}, "arms: no arm named 'zz'"),
+        ([ArmConfig("a", lr_grid=[])], {}, r"arms\[0\].lr_grid: needs positive learning rates"),
+        ([ArmConfig("a")], {"lr_grid": [0.1, -1.0]}, r"arms\[0\].lr_grid: needs positive"),
+        ([ArmConfig("a")], {"seeds": 0}, "seeds: needs a count >= 1 or distinct seeds"),
+        ([ArmConfig("a")], {"seeds": [1, 1]}, "seeds: needs a count >= 1 or distinct seeds"),
+    ],
+)
+def test_bad_arms_name_the_field(arms: list, extra: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        config(arms=arms, **extra)
+
+
+def test_arms_load_from_yaml_in_both_initializer_forms(tmp_path: Path) -> None:
+    gradient = {"class_path": "svdlora_pl.initializers.GradientSVDInit", "init_args": {"num_batches": 2}}
+    path = write(tmp_path, seeds=2, arms=[{"name": "random"}, {"name": "grad", "initializer": gradient}])
+    loaded = load_experiment_config(path)
+    assert loaded.study_arms() == [ArmConfig("random"), ArmConfig("grad", gradient)]
+    assert loaded.study_arms()[1].init_args == {"num_batches": 2}
