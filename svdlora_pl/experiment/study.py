@@ -135,7 +135,8 @@ def build_study(layout: Layout, outcome: Mapping[str, str]) -> tuple[dict[str, A
     config = layout.config
     fits = arm_fits(layout)
     teachers = teacher_fits(layout)
-    runs = load_complete([*fits, *(f for f in teachers.values() if f.key not in {g.key for g in fits})])
+    own = [fit for fit in teachers.values() if fit.key not in {f.key for f in fits}]  # not an arm's fit
+    runs = load_complete([*fits, *own])
     sweeps = lr_sweep(layout, runs)
     selected = {
         arm.name: [f for f in fits if f.arm == arm.name and f.lr == sweeps[arm.name]["selected_lr"] and f.key in runs]
@@ -216,7 +217,7 @@ def build_study(layout: Layout, outcome: Mapping[str, str]) -> tuple[dict[str, A
                 "run_dir": str(f.root),
                 "metrics": per_fit.get(f.key),
             }
-            for f in [*fits, *(t for t in teachers.values() if t.key not in {g.key for g in fits})]
+            for f in [*fits, *own]
         ],  # fmt: skip
         "definitions": STUDY_DEFINITIONS,
     }

@@ -70,14 +70,16 @@ def seconds(*values: float | None) -> str:
 def budget_rows(study: dict[str, Any]) -> list[list[str]]:
     rows = []
     for arm in study["arms"]:
-        budget, teacher = arm["budget"], arm["budget"]["teacher"] or {}
+        budget, teacher = arm["budget"], arm["budget"]["teacher"]
         passes = budget["init_forward_backward_passes"]["mean"]
+        build = (
+            (teacher["fit_seconds"], teacher["synthesize_seconds"], teacher["factorize_seconds"]) if teacher else (0.0,)
+        )
         rows.append([
             arm["name"],
-            str(teacher.get("fit_steps", 0) if teacher else 0),
-            str(teacher.get("fit_passes", 0) if teacher else 0),
-            seconds(teacher.get("fit_seconds"), teacher.get("synthesize_seconds"), teacher.get("factorize_seconds"))
-            if teacher else "0",
+            str(teacher["fit_steps"] if teacher else 0),
+            str(teacher["fit_passes"] if teacher else 0),
+            seconds(*build),
             "n/a" if passes is None else f"{passes:.0f}",
             seconds(budget["init_seconds"]["mean"]),
             f"{budget['train_steps']['mean']:.0f}" if budget["train_steps"]["mean"] is not None else "n/a",
