@@ -215,6 +215,7 @@ def study_figure(study: dict[str, Any], runs: dict[str, list[RunLog]]) -> Figure
                              label=title if i == 0 else None)  # fmt: skip
     diff_ax.axvline(0.0, color="grey", linewidth=0.8)
     diff_ax.set_yticks(range(len(others)), [a["name"] for a in others])
+    diff_ax.set_ylim(-0.6, len(others) - 0.4)  # one row per arm, however few
     diff_ax.set(
         title=f"final losses, arm − {study['reference_arm']}: mean and 95% CI (paired over seeds)",
         xlabel="loss difference (initial losses: see the report)",
@@ -232,6 +233,8 @@ def study_figure(study: dict[str, Any], runs: dict[str, list[RunLog]]) -> Figure
     sweep_ax.set(title="lr sweep: mean final val loss over seeds (* selected)", xlabel="learning rate", ylabel="loss")
     if sweep_ax.lines:
         sweep_ax.legend(fontsize="small")
+    if all(len(arm["lr_sweep"]["rows"]) < 2 for arm in study["arms"]):
+        sweep_ax.text(0.5, 0.9, "one learning rate per arm: no sweep", ha="center", transform=sweep_ax.transAxes)
     return fig
 
 
